@@ -1,0 +1,92 @@
+"""``python -m lightning_sarclip {fit,validate,test,predict} --config experiments/<name>.yaml``.
+
+A :class:`~lightning.pytorch.cli.LightningCLI` with the conventions of torchgeo's CLI:
+
+* ``model:`` and ``data:`` take ``class_path`` + ``init_args`` (any ``LightningModule`` / ``LightningDataModule``);
+  ``--config`` may be given several times (later files win), ``--print_config`` prints a config that ``--config``
+  accepts back, and ``${...}`` interpolation works (OmegaConf parser mode).
+* Settings that must agree are linked, not repeated: the data's ``image_size`` and ``in_chans`` are the
+  model's; the model's ``model_name`` chooses the data's tokenizer.
+* A run directory is derived from the experiment's ``name`` (default: the stem of the first config file):
+  ``<run_root>/<name>/`` holds ``config.yaml``, TensorBoard events and ``checkpoints/`` (with ``last.ckpt``),
+  so repeating the command with ``--ckpt_path last`` resumes the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lightning_sarclip.data  # noqa: F401  (registers the datamodules for class_path short names)
+import lightning_sarclip.eval.callbacks  # noqa: F401
+from lightning_sarclip.data.datamodules import SARDataModule
+from lightning_sarclip.module import SARCLIPModule
+
+EXTRA_COMMANDS: dict[str, str] = {}
+
+
+class SARCLIPCLI(LightningCLI):
+    """LightningCLI with linked SAR settings and a run directory per experiment."""
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
+        super().__init__(
+            SARCLIPModule,
+            SARDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--name", type=str | None, default=None, help="Experiment name (run directory).")
+        parser.add_argument("--run_root", type=str, default="runs", help="Folder holding one directory per run.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
+        parser.link_arguments("data.init_args.in_chans", "model.init_args.in_chans")
+        parser.link_arguments("model.init_args.model_name", "data.init_args.tokenizer")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        name = config.get("name") or _name_from_configs(config.get("config")) or "default"
+        config["name"] = name
+        run_dir = Path(config.get("run_root") or "runs") / name
+        trainer = config["trainer"]
+        if not trainer.get("default_root_dir"):
+            trainer["default_root_dir"] = str(run_dir)
+        if config["checkpoint"].get("dirpath") is None:
+            config["checkpoint"]["dirpath"] = str(run_dir / "checkpoints")
+        if trainer.get("logger") in (None, True):
+            trainer["logger"] = {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+            }
+
+
+def _name_from_configs(configs: Any) -> str | None:
+    """Stem of the first ``--config`` file: ``experiments/quickstart.yaml`` -> ``quickstart``."""
+    for entry in configs or []:
+        path = getattr(entry, "absolute", None) or getattr(entry, "relative", None) or entry
+        try:
+            return Path(os.fspath(path)).stem
+        except TypeError:
+            continue
+    return None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``python -m lightning_sarclip`` and the ``lightning-sarclip`` script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        raise SystemExit(f"{argv[0]}: not available yet")
+    SARCLIPCLI(args=argv)

@@ -1,0 +1,256 @@
+"""LightningDataModules: one generic base that takes a dataset class (torchgeo style), plus the synthetic one.
+
+A dataset only has to be a map-style ``Dataset`` whose constructor accepts ``split``, ``image_size`` and
+``in_chans`` and whose items are ``{"image": (C, S, S) float tensor, "captions": list[str], "label": int,
+"index": int}``; it should expose ``classnames`` for zero-shot evaluation. Everything shared (splits per
+stage, tokenisation, batching, worker settings) lives once in :class:`SARDataModule`.
+
+Tokenisation happens in the collate function, i.e. in the dataloader workers: the main process, which
+also drives the model, never spends time in the BPE tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_sarclip.data.synthetic import SyntheticSARDataset
+
+# Which splits each Lightning stage needs. ``predict`` embeds the test split (features for retrieval/export).
+STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: ("train", "val", "test"),
+}
+
+
+def build_tokenizer(name: str) -> Callable[..., torch.Tensor]:
+    """open_clip tokenizer of model ``name`` (a registered architecture, built-in name or ``hf-hub:``).
+
+    The architectures shipped with this package are registered first so their names resolve. A plain name
+    that open_clip does not know is an error here: open_clip would silently fall back to a 77-token
+    tokenizer that then disagrees with the model's context length.
+    """
+    import open_clip
+
+    from lightning_sarclip.models.registry import register_model_configs
+
+    register_model_configs()
+    if ":" not in name and open_clip.get_model_config(name) is None:
+        raise ValueError(
+            f"tokenizer {name!r} is not a known open_clip architecture; use a name from "
+            f"open_clip.list_models() (e.g. 'SARCLIP-ViT-Tiny-64', 'ViT-B-32') or 'hf-hub:org/repo'"
+        )
+    return open_clip.get_tokenizer(name)
+
+
+class CaptionCollate:
+    """Stack images and tokenize captions inside the dataloader worker (picklable: holds the tokenizer).
+
+    Training (``all_captions=False``) takes one caption per sample, drawn with the torch RNG: DataLoader
+    seeds torch in every worker from the main process seed, so ``seed_everything`` makes the choice
+    reproducible. Evaluation (``all_captions=True``) keeps all K captions of each image, ``text`` is then
+    ``(B, K, L)``, which retrieval metrics need.
+    """
+
+    def __init__(self, tokenizer: Callable[..., torch.Tensor], all_captions: bool) -> None:
+        self.tokenizer = tokenizer
+        self.all_captions = all_captions
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        captions = [list(sample["captions"]) for sample in samples]
+        if any(len(c) == 0 for c in captions):
+            raise ValueError("every sample needs at least one caption")
+        if self.all_captions:
+            counts = {len(c) for c in captions}
+            if len(counts) != 1:
+                raise ValueError(
+                    f"evaluation batches need the same number of captions per image, got {sorted(counts)}; "
+                    "make the dataset return a fixed number of captions per item"
+                )
+            per_image = counts.pop()
+            text = self.tokenizer([t for c in captions for t in c])
+            text = text.view(len(samples), per_image, text.shape[-1])
+        else:
+            picks = torch.randint(0, 2**31 - 1, (len(samples),)).tolist()
+            text = self.tokenizer([c[p % len(c)] for c, p in zip(captions, picks, strict=True)])
+        return {
+            "image": torch.stack([torch.as_tensor(sample["image"], dtype=torch.float32) for sample in samples]),
+            "text": text.long(),
+            "label": torch.tensor([int(sample["label"]) for sample in samples], dtype=torch.long),
+            "index": torch.tensor([int(sample["index"]) for sample in samples], dtype=torch.long),
+        }
+
+
+class SARDataModule(pl.LightningDataModule):
+    """Generic image-caption datamodule around any dataset class.
+
+    Args:
+        dataset_class: dataset type, constructed as ``dataset_class(split=..., image_size=..., in_chans=...,
+            **dataset_kwargs_for(split))``.
+        dataset_kwargs: extra constructor arguments shared by all splits.
+        batch_size: training batch size (also evaluation unless ``eval_batch_size`` is set).
+        eval_batch_size: batch size of the val/test/predict loaders.
+        num_workers: dataloader worker processes (tokenisation runs there too).
+        image_size: side length the dataset delivers; the CLI links it to the model's input size.
+        in_chans: SAR channels the dataset delivers (1 single-pol, 2 dual-pol); linked to the model.
+        tokenizer: open_clip model name whose tokenizer encodes the captions; the CLI links it from the
+            model's ``model_name`` so tokens always match the text tower.
+        pin_memory: pin host memory of batches (useful for GPU training).
+    """
+
+    def __init__(
+        self,
+        dataset_class: type[Dataset],
+        dataset_kwargs: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int = 224,
+        in_chans: int = 1,
+        tokenizer: str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1 or None, got {eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters(ignore=["dataset_class"])
+        self.dataset_class = dataset_class
+        self.dataset_kwargs = dict(dataset_kwargs or {})
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.in_chans = in_chans
+        self.tokenizer_name = tokenizer
+        self.pin_memory = pin_memory
+        self.datasets: dict[str, Dataset] = {}
+        self._tokenizer: Callable[..., torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ datasets
+    def dataset_kwargs_for(self, split: str) -> dict[str, Any]:
+        """Constructor arguments of ``split`` beyond split/image_size/in_chans; override for per-split ones."""
+        return dict(self.dataset_kwargs)
+
+    def build_dataset(self, split: str) -> Dataset:
+        return self.dataset_class(split=split, image_size=self.image_size, in_chans=self.in_chans,
+                                  **self.dataset_kwargs_for(split))
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage not in STAGE_SPLITS:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {[s for s in STAGE_SPLITS if s]}")
+        for split in STAGE_SPLITS[stage]:
+            if split not in self.datasets:
+                self.datasets[split] = self.build_dataset(split)
+        if self.tokenizer_name is not None and self._tokenizer is None:
+            self._tokenizer = build_tokenizer(self.tokenizer_name)
+
+    @property
+    def classnames(self) -> list[str]:
+        """Class names for zero-shot prompts, from the first set-up split among val, test and train."""
+        for split in ("val", "test", "train"):
+            if split in self.datasets:
+                names = getattr(self.datasets[split], "classnames", None)
+                if names is None:
+                    raise AttributeError(f"{type(self.datasets[split]).__name__} has no 'classnames' attribute")
+                return list(names)
+        raise RuntimeError("no dataset is set up yet; call setup('fit'), setup('validate') or setup('test') first")
+
+    @property
+    def tokenizer(self) -> Callable[..., torch.Tensor]:
+        if self.tokenizer_name is None:
+            raise ValueError(
+                "no tokenizer configured: pass tokenizer=<open_clip model name> (e.g. 'SARCLIP-ViT-Tiny-64'); "
+                "the CLI links it from model.init_args.model_name"
+            )
+        if self._tokenizer is None:
+            self._tokenizer = build_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ loaders
+    def _dataset(self, split: str, stage: str) -> Dataset:
+        if split not in self.datasets:
+            raise RuntimeError(f"the {split!r} split is not set up; call setup({stage!r}) first")
+        return self.datasets[split]
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        batch_size = self.batch_size if train else self.eval_batch_size
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) >= batch_size,
+            num_workers=self.num_workers,
+            collate_fn=CaptionCollate(self.tokenizer, all_captions=not train),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("train", "fit"), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val", "validate"), train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test", "test"), train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test", "predict"), train=False)
+
+
+class SyntheticSARDataModule(SARDataModule):
+    """Procedural SAR scenes (:class:`~lightning_sarclip.data.synthetic.SyntheticSARDataset`), no download.
+
+    Geometric augmentation is deliberately not applied: captions name the targets' position in the image,
+    and a flip or rotation would make them false.
+
+    Args:
+        num_train: scenes in the train split (``num_val`` / ``num_test`` likewise).
+        n_captions: captions per scene; evaluation batches carry all of them.
+        looks: number of looks of the speckle (higher is smoother).
+        seed: base seed; items are seeded from (seed, split, index).
+        Other arguments: see :class:`SARDataModule`.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 2000,
+        num_val: int = 256,
+        num_test: int = 256,
+        n_captions: int = 5,
+        looks: int = 4,
+        seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int = 64,
+        in_chans: int = 1,
+        tokenizer: str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            dataset_class=SyntheticSARDataset,
+            dataset_kwargs={"n_captions": n_captions, "looks": looks, "seed": seed},
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            in_chans=in_chans,
+            tokenizer=tokenizer,
+            pin_memory=pin_memory,
+        )
+        self.num_samples = {"train": num_train, "val": num_val, "test": num_test}
+
+    def dataset_kwargs_for(self, split: str) -> dict[str, Any]:
+        return {**super().dataset_kwargs_for(split), "num_samples": self.num_samples[split]}

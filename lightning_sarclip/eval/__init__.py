@@ -1,0 +1,22 @@
+"""Evaluation metrics with CLIP_benchmark semantics: retrieval recall, classification, zero-shot.
+
+Pure PyTorch (no Lightning import), so the functions can be used from scripts, notebooks and Lightning
+callbacks alike.
+"""
+
+from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
+from lightning_sarclip.eval.retrieval import recall_at_k, retrieval_ranks
+from lightning_sarclip.eval.templates import TEMPLATE_SETS, get_templates, normalize_template
+from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
+
+__all__ = [
+    "TEMPLATE_SETS",
+    "build_zeroshot_classifier",
+    "classification_metrics",
+    "confusion_matrix",
+    "get_templates",
+    "normalize_template",
+    "recall_at_k",
+    "retrieval_ranks",
+    "zeroshot_logits",
+]

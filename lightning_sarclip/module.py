@@ -1,0 +1,237 @@
+"""``SARCLIPModule``: the training math of CLIP transfer to SAR, and nothing else.
+
+What it owns: the open_clip model (built by :func:`~lightning_sarclip.models.create_model`), the on-device SAR
+input adapter, the symmetric InfoNCE loss with global negatives, AdamW parameter groups (no weight decay on
+biases, norms, embeddings and ``logit_scale``), a per-step warmup + cosine learning rate, the ``logit_scale``
+clamp, and the staged unfreezing schedule (:mod:`lightning_sarclip.unfreeze`).
+
+What it does not own: metrics beyond the loss. Evaluation (recall@K, zero-shot) lives in
+:mod:`lightning_sarclip.eval` and plugs in as callbacks that read the features ``validation_step`` returns.
+
+Batches are dicts: ``image`` (B, in_chans, S, S) in [0, 1], ``text`` token ids (B, L) for training and (B, L) or
+(B, K, L) (K captions per image) for evaluation, optional ``label`` and ``index``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_sarclip.losses import InfoNCELoss
+from lightning_sarclip.models.factory import build_input_adapter, create_model
+from lightning_sarclip.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
+
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """open_clip's rule: 1-D tensors (biases, norms, logit_scale) and embeddings are not decayed."""
+    return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name or "logit_scale" in name or "embedding" in name
+
+
+class SARCLIPModule(pl.LightningModule):
+    """Contrastive image-text training of an open_clip model on SAR data.
+
+    Args:
+        model_name: open_clip architecture (``open_clip.list_models()``, our registered tiny ones, or
+            ``hf-hub:``/``local-dir:`` names).
+        pretrained: open_clip tag, local checkpoint (any supported format) or ``hf-hub:org/repo[/file]``.
+        image_size: input resolution (linked from the datamodule by the CLI); ``None`` keeps the architecture's.
+        in_chans: SAR channels the data delivers (1 single-pol, 2 dual-pol); linked from the datamodule.
+        channel_mode: how SAR channels enter the RGB stem (see :mod:`lightning_sarclip.models.sar_stem`).
+        image_mean, image_std: normalisation; ``None`` uses the checkpoint's own statistics.
+        allow_shape_mismatch: skip checkpoint tensors whose shape differs instead of failing.
+        lr, weight_decay, betas, eps: AdamW (``betas``/``eps`` default to CLIP's ViT values).
+        warmup_steps, min_lr_ratio: linear warmup for ``warmup_steps`` optimizer steps, then cosine to
+            ``min_lr_ratio * lr`` at the last step of the run.
+        local_loss, gather_with_grad: see :class:`~lightning_sarclip.losses.InfoNCELoss`.
+        unfreeze: list of :class:`~lightning_sarclip.unfreeze.UnfreezeStage`; ``None`` trains everything.
+        layer_decay: optional layer-wise LR decay factor in (0, 1].
+        grad_checkpointing: activation checkpointing in both towers (memory for compute).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "SARCLIP-ViT-Tiny-64",
+        pretrained: str | None = None,
+        image_size: int | None = None,
+        in_chans: int = 1,
+        channel_mode: str = "auto",
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        allow_shape_mismatch: bool = False,
+        force_quick_gelu: bool = False,
+        cache_dir: str | None = None,
+        lr: float = 5e-4,
+        weight_decay: float = 0.2,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.0,
+        local_loss: bool = False,
+        gather_with_grad: bool = True,
+        unfreeze: list[UnfreezeStage] | None = None,
+        layer_decay: float | None = None,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        stages = as_stages(unfreeze)
+        self.save_hyperparameters(ignore=["unfreeze"])
+        # Plain dicts, so the checkpoint stays loadable with torch.load(weights_only=True).
+        self.hparams["unfreeze"] = [
+            {"train": list(s.train), "start_epoch": s.start_epoch, "start_step": s.start_step, "lr_scale": dict(s.lr_scale)}
+            for s in stages
+        ] or None
+        created = create_model(
+            model_name,
+            pretrained,
+            image_size=image_size,
+            in_chans=in_chans,
+            channel_mode=channel_mode,
+            image_mean=image_mean,
+            image_std=image_std,
+            allow_shape_mismatch=allow_shape_mismatch,
+            force_quick_gelu=force_quick_gelu,
+            cache_dir=cache_dir,
+        )
+        self.model = created.model
+        self.tokenizer = created.tokenizer
+        self.input_adapter = build_input_adapter(self.model, in_chans, channel_mode, image_mean, image_std)
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        # Validated now, so a stage naming a group that does not exist fails before training starts.
+        self.schedule = UnfreezeSchedule(self.model, stages, layer_decay)
+        self.loss_fn = InfoNCELoss(local_loss=local_loss, gather_with_grad=gather_with_grad)
+
+    # ------------------------------------------------------------------ model
+    def setup(self, stage: str) -> None:
+        # open_clip bakes rank and world size into the loss; only now does the trainer know them.
+        self.loss_fn = InfoNCELoss(
+            local_loss=self.hparams.local_loss,
+            gather_with_grad=self.hparams.gather_with_grad,
+            rank=self.global_rank,
+            world_size=self.trainer.world_size if self._trainer is not None else 1,
+        )
+
+    def forward(
+        self, image: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """L2-normalised image and text features and the logit scale (``exp`` of the learnt temperature).
+
+        Every tower call goes through here, so DDP/FSDP wrappers see it.
+        """
+        if image is not None:
+            image = self.input_adapter(image)
+        image_features, text_features, logit_scale = self.model(image, text)[:3]
+        return image_features, text_features, logit_scale
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self(image=image)[0]
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self(text=text)[1]
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image_features, text_features, logit_scale = self(batch["image"], batch["text"])
+        loss = self.loss_fn(image_features, text_features, logit_scale)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
+        image, text = batch["image"], batch["text"]
+        multi = text.ndim == 3
+        captions_per_image = text.shape[1] if multi else 1
+        flat_text = text.flatten(0, 1) if multi else text
+        image_features, text_features, logit_scale = self(image, flat_text)
+        # The loss pairs each image with its first caption, as training does with one caption per image.
+        first = text_features.view(image.shape[0], captions_per_image, -1)[:, 0]
+        loss = self.loss_fn(image_features, first, logit_scale)
+        self.log(f"{prefix}/loss", loss, prog_bar=True, sync_dist=True, batch_size=image.shape[0])
+        out = {"image_features": image_features, "text_features": text_features, "captions_per_image": captions_per_image}
+        for key in ("label", "index"):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        out = {"image_features": self.encode_image(batch["image"])}
+        for key in ("label", "index"):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+        for group, members in self.schedule.groups.items():
+            for name, param in members:
+                groups.setdefault((group, _no_weight_decay(name, param)), []).append(param)
+        param_groups = [
+            {
+                "params": params,
+                "unfreeze_group": group,
+                "weight_decay": 0.0 if no_decay else self.hparams.weight_decay,
+                "lr": self.hparams.lr,
+            }
+            for (group, no_decay), params in groups.items()
+        ]
+        return torch.optim.AdamW(param_groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps)
+
+    def lr_multiplier(self, step: int) -> float:
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return cosine_with_warmup(step, total, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Set every group's LR for this step, and reset optimizer state of groups that just unfroze.
+
+        The LR is a pure function of (global_step, epoch), so it is right after a resume without any saved
+        scheduler state.
+        """
+        optimizer = self.optimizers(use_pl_optimizer=False)
+        epoch, step = self.current_epoch, self.global_step
+        multipliers = self.schedule.multipliers(epoch, step)
+        active = frozenset(g for g, m in multipliers.items() if m > 0)
+        newly_active = active - self.schedule.last_active if self.schedule.last_active is not None else frozenset()
+        base = self.hparams.lr * self.lr_multiplier(step)
+        for group in optimizer.param_groups:
+            name = group["unfreeze_group"]
+            group["lr"] = base * multipliers[name]
+            if name in newly_active:
+                for param in group["params"]:
+                    optimizer.state.pop(param, None)
+        self.schedule.last_active = active
+        self._frozen_params = [p for g in optimizer.param_groups if multipliers[g["unfreeze_group"]] == 0 for p in g["params"]]
+        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log("train/lr", base, batch_size=1)
+            index = self.schedule.stage_index(epoch, step)
+            if index is not None:
+                self.log("train/unfreeze_stage", float(index), batch_size=1)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Runs before gradient clipping: frozen groups neither move nor count towards the clipping norm.
+        for param in getattr(self, "_frozen_params", ()):
+            param.grad = None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # CLIP's temperature clamp, after the optimizer step: logit_scale.exp() stays in [1, 100].
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["unfreeze_schedule"] = self.schedule.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(checkpoint.get("unfreeze_schedule", {}))

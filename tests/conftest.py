@@ -1,0 +1,24 @@
+"""Shared test set-up: offline hub, CPU only, tiny registered architectures."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from lightning_sarclip.models.registry import register_model_configs  # noqa: E402
+
+register_model_configs()
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_SAR = REPO_ROOT.parent / "shared" / "real_sar"
+TEST_ARCH = "SARCLIP-ViT-Test-32"
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT

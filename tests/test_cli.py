@@ -1,0 +1,110 @@
+"""Drive the real CLI (``python -m lightning_sarclip``) end to end on the synthetic data with the test model."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from lightning_sarclip.cli import SARCLIPCLI, main
+from tests.conftest import REPO_ROOT, TEST_ARCH
+
+QUICK = str(REPO_ROOT / "experiments" / "quickstart.yaml")
+SMALL = [
+    "--model.init_args.model_name", TEST_ARCH,
+    "--data.init_args.image_size", "32",
+    "--data.init_args.num_train", "16",
+    "--data.init_args.num_val", "8",
+    "--data.init_args.num_test", "8",
+    "--data.init_args.batch_size", "4",
+    "--data.init_args.eval_batch_size", "4",
+    "--data.init_args.num_workers", "0",
+    "--trainer.enable_progress_bar", "false",
+]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
+def test_fast_dev_run(subcommand, tmp_path, capsys):
+    main([subcommand, "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1"])
+    printed = capsys.readouterr().out
+    stage = "test" if subcommand == "test" else "val"
+    for metric in ("loss", "i2t_R@1", "t2i_R@10", "mean_recall", "zeroshot_top1", "zeroshot_mean_per_class"):
+        assert f"{stage}/{metric}" in printed
+
+
+def test_print_config_round_trips(tmp_path):
+    printed = subprocess.run(
+        [sys.executable, "-m", "lightning_sarclip", "fit", "--config", QUICK, *SMALL, "--print_config"],
+        capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+    ).stdout
+    config = yaml.safe_load(printed)
+    assert config["model"]["class_path"] == "lightning_sarclip.module.SARCLIPModule"
+    # Linked values are derived, so they are not in the printed config (nothing to disagree with).
+    assert "tokenizer" not in config["data"]["init_args"]
+    assert "image_size" not in config["model"]["init_args"]
+    path = tmp_path / "printed.yaml"
+    path.write_text(printed)
+    main(["fit", "--config", str(path), "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1"])
+
+
+def test_linked_settings_agree(tmp_path):
+    cli = SARCLIPCLI(args=["--config", QUICK, *SMALL, "--data.init_args.in_chans", "2",
+                           "--run_root", str(tmp_path)], run=False)
+    assert cli.model.hparams.image_size == cli.datamodule.image_size == 32
+    assert cli.model.hparams.in_chans == cli.datamodule.in_chans == 2
+    assert cli.datamodule.tokenizer_name == cli.model.hparams.model_name == TEST_ARCH
+
+
+def test_run_directory_and_resume_with_last(tmp_path, caplog):
+    args = ["fit", "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    main(args)
+    run_dir = tmp_path / "quickstart"
+    assert (run_dir / "config.yaml").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    # Repeating the command with a larger budget resumes from last.ckpt instead of starting over.
+    main([*args[:-6], "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+          "--trainer.limit_val_batches", "1", "--ckpt_path", "last"])
+    assert f"Restored all states from the checkpoint at {run_dir / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4  # 2 steps before the resume + 2 after
+
+
+def test_name_override_sets_the_run_directory(tmp_path):
+    main(["fit", "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--name", "ablation-a",
+          "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0"])
+    assert (tmp_path / "ablation-a" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--model.init_args.model_name", "ViT-Nope-99"], "unknown open_clip architecture"),
+        (["--model.init_args.pretrained", "/does/not/exist.pt"], "checkpoint file not found"),
+        (["--model.init_args.unfreeze", '[{"train": ["vision.decoder"], "start_epoch": 0}]'], "vision.decoder"),
+    ],
+)
+def test_bad_input_stops_before_training(override, message, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_sarclip", "fit", "--config", QUICK, *SMALL, *override,
+         "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Epoch 0" not in result.stderr + result.stdout
+
+
+def test_corrupt_checkpoint_stops_before_training(tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_sarclip", "fit", "--config", QUICK, *SMALL,
+         "--model.init_args.pretrained", str(bad), "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1"],
+        capture_output=True, text=True, cwd=REPO_ROOT,
+    )
+    assert result.returncode != 0
+    assert "corrupt.pt" in result.stderr
+    assert "Epoch 0" not in result.stderr + result.stdout

@@ -1,0 +1,107 @@
+"""Model factory: architectures by name, pretrained resolution, SAR stem adaptation, transforms."""
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lightning_sarclip.models import create_model
+from lightning_sarclip.models.checkpoints import CheckpointError
+from lightning_sarclip.models.factory import build_input_adapter, resolve_pretrained
+from lightning_sarclip.models.sar_stem import SARInputAdapter, fold_patch_embedding, map_channels
+from tests.conftest import TEST_ARCH
+
+
+def test_create_model_returns_model_transforms_tokenizer():
+    model, train_tf, val_tf, tokenizer = create_model(TEST_ARCH, in_chans=1)
+    image = np.random.default_rng(0).random((48, 40), dtype=np.float32)
+    x = val_tf(image)
+    assert x.shape == (3, 32, 32)
+    assert train_tf(image).shape == (3, 32, 32)
+    tokens = tokenizer(["a SAR image of a ship."])
+    assert tokens.shape == (1, 16)
+    with torch.no_grad():
+        image_features, text_features, scale = model(x[None], tokens)
+    assert image_features.shape == text_features.shape == (1, 32)
+
+
+def test_tiny_architectures_are_registered_with_open_clip():
+    assert TEST_ARCH in open_clip.list_models()
+    assert "SARCLIP-ViT-Tiny-64" in open_clip.list_models()
+
+
+def test_unknown_architecture_suggests_names():
+    with pytest.raises(ValueError, match="unknown open_clip architecture 'ViT-B-33'.*ViT-B-32"):
+        create_model("ViT-B-33")
+
+
+def test_missing_checkpoint_file_fails_before_building(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        create_model(TEST_ARCH, pretrained=str(tmp_path / "nope.pt"))
+
+
+def test_unknown_tag_lists_known_tags():
+    with pytest.raises(ValueError, match="Known tags for this architecture: .*openai"):
+        create_model("ViT-B-32", pretrained="laion9000")
+
+
+def test_resolve_pretrained_kinds(tmp_path):
+    assert resolve_pretrained("ViT-B-32", None) is None
+    assert resolve_pretrained("ViT-B-32", "openai") == ("tag", "openai")
+    assert resolve_pretrained("ViT-B-32", "hf-hub:chendelong/RemoteCLIP/RemoteCLIP-ViT-B-32.pt")[0] == "hf"
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"x")
+    assert resolve_pretrained("ViT-B-32", str(ckpt)) == ("file", str(ckpt))
+    with pytest.raises(ValueError, match="schema"):
+        resolve_pretrained("hf-hub:org/repo", "openai")
+
+
+def test_local_file_and_folder_weights_load(tmp_path):
+    source = create_model(TEST_ARCH).model
+    save_file(source.state_dict(), tmp_path / "open_clip_model.safetensors")
+    for pretrained in (tmp_path / "open_clip_model.safetensors", tmp_path):
+        loaded = create_model(TEST_ARCH, pretrained=str(pretrained)).model
+        for (name, a), b in zip(source.state_dict().items(), loaded.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+
+
+def test_image_size_override_and_mean_std():
+    model, _, val_tf, _ = create_model(TEST_ARCH, image_size=64, in_chans=2, image_mean=[0.5], image_std=[0.25])
+    assert val_tf(np.zeros((80, 80, 2), dtype=np.float32)).shape == (3, 64, 64)
+    adapter = build_input_adapter(model, 2, image_mean=[0.5], image_std=[0.25])
+    out = adapter(torch.full((1, 2, 4, 4), 0.75))
+    torch.testing.assert_close(out, torch.ones(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize(("in_chans", "mode"), [(1, "replicate"), (2, "vv_vh_mean")])
+def test_fold_equals_channel_mapping_when_stats_are_uniform(in_chans, mode):
+    model = create_model(TEST_ARCH).model.eval()
+    x = torch.rand(2, in_chans, 32, 32)
+    mapped = SARInputAdapter(in_chans, mode, mean=[0.4], std=[0.3])
+    with torch.no_grad():
+        expected = model.encode_image(mapped(x))
+        fold_patch_embedding(model.visual, in_chans)
+        folded = SARInputAdapter(in_chans, "fold", mean=[0.4], std=[0.3])
+        got = model.encode_image(folded(x))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_mapping_values():
+    vv_vh = torch.tensor([[[[0.2]], [[0.6]]]])
+    torch.testing.assert_close(map_channels(vv_vh, "vv_vh_mean").flatten(), torch.tensor([0.2, 0.6, 0.4]))
+    assert map_channels(torch.rand(1, 1, 2, 2), "replicate").shape == (1, 3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("in_chans", "mode", "message"),
+    [(2, "replicate", "needs in_chans"), (4, "auto", "in_chans"), (1, "magic", "channel_mode")],
+)
+def test_bad_channel_settings(in_chans, mode, message):
+    with pytest.raises(ValueError, match=message):
+        SARInputAdapter(in_chans, mode)
+
+
+def test_adapter_rejects_wrong_channel_count():
+    with pytest.raises(ValueError, match=r"expected a \(B, 2, H, W\) batch"):
+        SARInputAdapter(2)(torch.rand(1, 1, 8, 8))
