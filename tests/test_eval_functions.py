@@ -495,3 +495,20 @@ def test_eval_functions_do_not_import_lightning():
                 continue
             assert not any(n.split(".")[0] in {"lightning", "pytorch_lightning"} for n in names), source
             assert not any(n.endswith("eval.callbacks") for n in names), source
+
+
+def test_chance_recall_matches_random_scores():
+    from lightning_sarclip.eval import chance_recall_at_k
+
+    n, k = 60, 3
+    expected = chance_recall_at_k([k] * n, ks=(1, 5, 10))
+    g = torch.Generator().manual_seed(0)
+    runs = [
+        recall_at_k(torch.randn(n, 64, generator=g), torch.randn(n * k, 64, generator=g),
+                    torch.arange(n).repeat_interleave(k))
+        for _ in range(200)
+    ]
+    for key, value in expected.items():
+        measured = sum(r[key] for r in runs) / len(runs)
+        assert measured == pytest.approx(value, abs=0.01), key
+    assert expected["t2i_R@5"] == pytest.approx(5 / n)

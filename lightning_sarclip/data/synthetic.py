@@ -61,7 +61,7 @@ _GRID_PREPOSITIONS = ("in the", "at the", "in the", "on the", "at the", "on the"
 _COUNT_RANGE = {"ship": (1, 4), "vehicle": (1, 4), "aircraft": (1, 3), "building": (1, 4), "bridge": (1, 2)}
 
 
-def _db(value_db):  # noqa: ANN001 - float or array in, same kind out
+def _db(value_db: float | np.ndarray) -> float | np.ndarray:
     """dB to linear intensity."""
     return 10.0 ** (value_db / 10.0)
 

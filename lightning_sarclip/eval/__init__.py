@@ -5,13 +5,14 @@ callbacks alike.
 """
 
 from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
-from lightning_sarclip.eval.retrieval import recall_at_k, retrieval_ranks
+from lightning_sarclip.eval.retrieval import chance_recall_at_k, recall_at_k, retrieval_ranks
 from lightning_sarclip.eval.templates import TEMPLATE_SETS, get_templates, normalize_template
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
 
 __all__ = [
     "TEMPLATE_SETS",
     "build_zeroshot_classifier",
+    "chance_recall_at_k",
     "classification_metrics",
     "confusion_matrix",
     "get_templates",

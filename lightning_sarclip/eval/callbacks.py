@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_sarclip.eval.classification import classification_metrics
-from lightning_sarclip.eval.retrieval import recall_at_k
+from lightning_sarclip.eval.retrieval import chance_recall_at_k, recall_at_k
 from lightning_sarclip.eval.templates import get_templates
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
 
@@ -121,12 +121,15 @@ class RetrievalZeroShotCallback(pl.Callback):
             text_to_image = torch.arange(image.shape[0], device=image.device).repeat_interleave(k)
             for key, value in recall_at_k(image, text.flatten(0, 1), text_to_image, ks=self.ks).items():
                 metrics[f"{stage}/{key}"] = value
+            chance = chance_recall_at_k([k] * image.shape[0], ks=self.ks)["mean_recall"]
+            metrics[f"{stage}/mean_recall_chance"] = chance
         if self._classifier is not None and labels is not None:
             logits = zeroshot_logits(image, self._classifier.to(image.device))
             num_classes = self._classifier.shape[1]
             topk = tuple(t for t in (1, 3, 5) if t <= num_classes)
             for key, value in classification_metrics(logits, labels, topk=topk).items():
                 metrics[f"{stage}/zeroshot_{key}"] = value
+            metrics[f"{stage}/zeroshot_top1_chance"] = 1.0 / num_classes
         return metrics
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -167,7 +170,7 @@ class RetrievalZeroShotCallback(pl.Callback):
             print("\n" + format_table(self.last_metrics[stage], title), flush=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._print("val", f"Validation after fit (epoch {trainer.current_epoch})")
+        self._print("val", f"Validation after fit ({trainer.current_epoch} epochs)")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "validate":

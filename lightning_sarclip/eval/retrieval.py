@@ -42,6 +42,7 @@ every query is a hit (CLIP_benchmark's ``topk`` would raise instead).
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["recall_at_k", "retrieval_ranks"]
+__all__ = ["chance_recall_at_k", "recall_at_k", "retrieval_ranks"]
 
 #: Budget for one block of float32 scores when ``chunk_size`` is not given (64 MiB).
 DEFAULT_SCORE_BLOCK_BYTES = 64 * 1024 * 1024
@@ -243,3 +244,24 @@ def recall_at_k(
     values = [metrics[f"{d}_R@{k}"] for d in ("i2t", "t2i") for k in ks]
     metrics["mean_recall"] = sum(values) / len(values)
     return metrics
+
+
+def chance_recall_at_k(captions_per_image: Sequence[int], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected ``recall_at_k`` of random scores, with the same keys: the floor a trained model is judged against.
+
+    t2i: the query's one image lands in the top K of N with probability ``K / N``. i2t: at least one of the
+    image's ``c`` captions lands in the top K of M with probability ``1 - C(M - c, K) / C(M, K)``, averaged
+    over images.
+    """
+    counts = [int(c) for c in captions_per_image]
+    if not counts or min(counts) < 1:
+        raise ValueError("captions_per_image: need at least one image, each with at least one caption")
+    n, m = len(counts), sum(counts)
+    result: dict[str, float] = {}
+    for k in _check_ks(ks):
+        miss = [math.comb(m - c, k) / math.comb(m, k) if k <= m else 0.0 for c in counts]
+        result[f"i2t_R@{k}"] = 1.0 - sum(miss) / n
+    for k in _check_ks(ks):
+        result[f"t2i_R@{k}"] = min(1.0, k / n)
+    result["mean_recall"] = sum(result.values()) / len(result)
+    return result

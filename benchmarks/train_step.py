@@ -1,0 +1,145 @@
+"""Training throughput of our ``fit`` loop against a bare PyTorch loop, measured in the same run.
+
+Both loops train the same open_clip architecture from the same initial weights on the same in-memory batches,
+with AdamW, a per-step learning rate and the ``logit_scale`` clamp, exactly as open_clip's ``train_one_epoch``
+does; the bare loop uses open_clip's own ``ClipLoss``. The figure of merit is samples/s of ours divided by
+samples/s of the bare loop (target >= 0.97). Rounds alternate between the two loops to cancel drift.
+
+    python benchmarks/train_step.py [--model SARCLIP-ViT-Tiny-64] [--batch-size 64] [--steps 30] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from open_clip.loss import ClipLoss  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from lightning_sarclip.module import SARCLIPModule  # noqa: E402
+
+
+class Batches(Dataset):
+    """Pre-built batches, so neither loop pays for data generation."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.batches[i]
+
+
+def make_batches(n: int, batch_size: int, image_size: int, context: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "image": torch.rand(batch_size, 1, image_size, image_size, generator=g),
+            "text": torch.randint(1, 49000, (batch_size, context), generator=g),
+        }
+        for _ in range(n)
+    ]
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.start = None
+        self.end = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module):
+        self.end = time.perf_counter()
+
+
+def run_ours(module: SARCLIPModule, batches: list[dict], warmup: int) -> float:
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
+    loader = DataLoader(Batches(batches), batch_size=None, shuffle=False)
+    trainer.fit(module, train_dataloaders=loader)
+    steps = len(batches) - warmup
+    return steps * batches[0]["image"].shape[0] / (timer.end - timer.start)
+
+
+def run_bare(module: SARCLIPModule, batches: list[dict], warmup: int, lr: float) -> float:
+    model, adapter = module.model, module.input_adapter
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.2}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.98), eps=1e-6,
+    )
+    loss_fn = ClipLoss()
+    total = len(batches)
+    start = None
+    for step, batch in enumerate(batches):
+        if step == warmup:
+            start = time.perf_counter()
+        for group in optimizer.param_groups:  # open_clip's cosine_lr, called every step
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        image_features, text_features, logit_scale = model(adapter(batch["image"]), batch["text"])[:3]
+        loss = loss_fn(image_features, text_features, logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+    elapsed = time.perf_counter() - start
+    return (total - warmup) * batches[0]["image"].shape[0] / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="SARCLIP-ViT-Tiny-64")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    pl.seed_everything(0, verbose=False)
+    template = SARCLIPModule(model_name=args.model, in_chans=1, lr=1e-4, warmup_steps=1)
+    image_size = int(template.model.visual.image_size[0])
+    context = int(template.model.context_length)
+    batches = make_batches(args.steps + args.warmup, args.batch_size, image_size, context)
+    print(f"model={args.model} image={image_size}px batch={args.batch_size} steps={args.steps} "
+          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    ours, bare = [], []
+    for r in range(args.rounds):
+        bare.append(run_bare(copy.deepcopy(template), batches, args.warmup, lr=1e-4))
+        ours.append(run_ours(copy.deepcopy(template), batches, args.warmup))
+        print(f"round {r}: bare {bare[-1]:7.1f} samples/s   ours {ours[-1]:7.1f} samples/s   "
+              f"ratio {ours[-1] / bare[-1]:.3f}")
+    ratio = statistics.median(ours) / statistics.median(bare)
+    print(f"median: bare {statistics.median(bare):.1f} samples/s, ours {statistics.median(ours):.1f} samples/s")
+    print(f"ratio ours/bare = {ratio:.3f} (target >= 0.97)")
+
+
+if __name__ == "__main__":
+    main()
