@@ -108,3 +108,10 @@ def test_corrupt_checkpoint_stops_before_training(tmp_path):
     assert result.returncode != 0
     assert "corrupt.pt" in result.stderr
     assert "Epoch 0" not in result.stderr + result.stdout
+
+
+def test_predict_returns_image_features(tmp_path):
+    cli = SARCLIPCLI(args=["predict", "--config", QUICK, *SMALL, "--run_root", str(tmp_path),
+                           "--trainer.fast_dev_run", "1"])
+    predictions = cli.trainer.predict_loop.predictions
+    assert predictions and predictions[0]["image_features"].shape == (4, 32)

@@ -1,0 +1,97 @@
+"""SARCLIPModule: temperature clamp, weight-decay groups, per-step LR, dual-pol input, hub weights."""
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_sarclip.data import SyntheticSARDataModule
+from lightning_sarclip.models import create_model
+from lightning_sarclip.module import LOGIT_SCALE_MAX, SARCLIPModule
+from lightning_sarclip.unfreeze import cosine_with_warmup
+from tests.conftest import TEST_ARCH
+from tests.helpers import RandomPairsDataModule
+
+
+def _trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path, accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=2,
+        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+@pytest.mark.parametrize(("start", "bound"), [(6.0, LOGIT_SCALE_MAX), (-2.0, 0.0)])
+def test_logit_scale_is_clamped_after_each_step(tmp_path, start, bound):
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-6, warmup_steps=1)
+    with torch.no_grad():
+        module.model.logit_scale.fill_(start)
+    _trainer(tmp_path, limit_train_batches=1).fit(module, RandomPairsDataModule())
+    assert module.model.logit_scale.item() == pytest.approx(bound)
+
+
+def test_no_weight_decay_on_biases_norms_embeddings_and_logit_scale():
+    module = SARCLIPModule(model_name=TEST_ARCH, weight_decay=0.3)
+    optimizer = module.configure_optimizers()
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    seen = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            seen += 1
+            exempt = param.ndim < 2 or "embedding" in name or "logit_scale" in name or ".ln_" in name
+            assert group["weight_decay"] == (0.0 if exempt else 0.3), name
+    assert seen == len(names)  # every parameter is in the optimizer, frozen or not
+
+
+class _RecordLR(pl.Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(max(g["lr"] for g in optimizer.param_groups))
+
+
+def test_learning_rate_is_warmup_then_cosine_per_step(tmp_path):
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=2, min_lr_ratio=0.1)
+    recorder = _RecordLR()
+    _trainer(tmp_path, max_epochs=2, limit_train_batches=3, callbacks=[recorder]).fit(module, RandomPairsDataModule())
+    expected = [1e-3 * cosine_with_warmup(s, 6, 2, 0.1) for s in range(6)]
+    assert recorder.lrs == pytest.approx(expected)
+    assert recorder.lrs[0] == pytest.approx(5e-4) and recorder.lrs[1] == pytest.approx(1e-3)
+
+
+def test_dual_pol_training_on_synthetic_data(tmp_path):
+    data = SyntheticSARDataModule(num_train=8, num_val=4, num_test=4, batch_size=4, image_size=32, in_chans=2,
+                                  tokenizer=TEST_ARCH)
+    module = SARCLIPModule(model_name=TEST_ARCH, image_size=32, in_chans=2)
+    _trainer(tmp_path, fast_dev_run=1).fit(module, data)
+    assert math.isfinite(float(_trainer(tmp_path, fast_dev_run=1).validate(module, data)[0]["val/loss"]))
+
+
+def test_fold_channel_mode_trains(tmp_path):
+    module = SARCLIPModule(model_name=TEST_ARCH, in_chans=1, channel_mode="fold")
+    assert module.model.visual.conv1.in_channels == 1
+    _trainer(tmp_path, fast_dev_run=1).fit(module, RandomPairsDataModule())
+
+
+def test_hf_hub_weights_are_read_with_the_same_loader(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    source = create_model(TEST_ARCH).model
+    path = tmp_path / "RemoteCLIP-test.safetensors"
+    save_file(source.state_dict(), path)
+    calls = []
+
+    def fake_download(repo_id, filename, cache_dir=None):
+        calls.append((repo_id, filename))
+        return str(path)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    module = SARCLIPModule(model_name=TEST_ARCH, pretrained="hf-hub:someone/remoteclip/RemoteCLIP-test.safetensors")
+    assert calls == [("someone/remoteclip", "RemoteCLIP-test.safetensors")]
+    for (name, a), b in zip(source.state_dict().items(), module.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
