@@ -27,8 +27,6 @@ import lightning_sarclip.eval.callbacks  # noqa: F401
 from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.module import SARCLIPModule
 
-EXTRA_COMMANDS: dict[str, str] = {}
-
 
 class SARCLIPCLI(LightningCLI):
     """LightningCLI with linked SAR settings and a run directory per experiment."""
@@ -86,7 +84,4 @@ def _name_from_configs(configs: Any) -> str | None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lightning_sarclip`` and the ``lightning-sarclip`` script."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in EXTRA_COMMANDS:
-        raise SystemExit(f"{argv[0]}: not available yet")
-    SARCLIPCLI(args=argv)
+    SARCLIPCLI(args=list(sys.argv[1:] if args is None else args))
