@@ -208,3 +208,6 @@ def _read_tiff(data: bytes, ref: ImageRef) -> SARImage:
     if array.ndim == 3 and array.shape[0] < array.shape[-1] and array.shape[0] <= 4:
         array = np.moveaxis(array, 0, -1)  # band-first (C, H, W) rasters
     return SARImage(array, _kind_of_integer(array, ref.name), meta)
+
+# Extra formats (raw MSTAR, MATLAB .mat) register themselves on import.
+import lightning_sarclip.data.formats  # noqa: E402,F401
