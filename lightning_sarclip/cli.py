@@ -27,6 +27,9 @@ import lightning_sarclip.eval.callbacks  # noqa: F401
 from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.module import SARCLIPModule
 
+#: Subcommands beyond Lightning's fit/validate/test/predict: name -> module with ``main(argv)``.
+COMMANDS = {"build-corpus": "lightning_sarclip.data.corpus"}
+
 
 class SARCLIPCLI(LightningCLI):
     """LightningCLI with linked SAR settings and a run directory per experiment."""
@@ -84,4 +87,11 @@ def _name_from_configs(configs: Any) -> str | None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m lightning_sarclip`` and the ``lightning-sarclip`` script."""
-    SARCLIPCLI(args=list(sys.argv[1:] if args is None else args))
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in COMMANDS:
+        module_name = COMMANDS[argv[0]]
+        import importlib
+
+        importlib.import_module(module_name).main(argv[1:])
+        return
+    SARCLIPCLI(args=argv)

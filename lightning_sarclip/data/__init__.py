@@ -4,12 +4,15 @@ Importing this package makes the datamodules resolvable by short name in Lightni
 (``class_path: SyntheticSARDataModule``).
 """
 
+from lightning_sarclip.data.captions import Captioner, pretty_classname
 from lightning_sarclip.data.datamodules import (
     CaptionCollate,
     SARDataModule,
+    SourceDataModule,
     SyntheticSARDataModule,
     build_tokenizer,
 )
+from lightning_sarclip.data.source_dataset import SourceDataset
 from lightning_sarclip.data.synthetic import (
     DB_WINDOW,
     SYNTHETIC_CLASSES,
@@ -24,7 +27,10 @@ __all__ = [
     "DB_WINDOW",
     "SYNTHETIC_CLASSES",
     "CaptionCollate",
+    "Captioner",
     "SARDataModule",
+    "SourceDataModule",
+    "SourceDataset",
     "SyntheticSARDataModule",
     "SyntheticSARDataset",
     "SyntheticScene",
@@ -32,4 +38,5 @@ __all__ = [
     "build_tokenizer",
     "generate_scene",
     "intensity_to_unit",
+    "pretty_classname",
 ]

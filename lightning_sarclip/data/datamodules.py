@@ -11,6 +11,7 @@ also drives the model, never spends time in the BPE tokenizer.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_sarclip.data.synthetic import SyntheticSARDataset
+
+log = logging.getLogger("lightning_sarclip")
 
 # Which splits each Lightning stage needs. ``predict`` embeds the test split (features for retrieval/export).
 STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
@@ -254,3 +257,103 @@ class SyntheticSARDataModule(SARDataModule):
 
     def dataset_kwargs_for(self, split: str) -> dict[str, Any]:
         return {**super().dataset_kwargs_for(split), "num_samples": self.num_samples[split]}
+
+
+class SourceDataModule(SARDataModule):
+    """Train and evaluate on any registered source read from its original layout (one dataset, no corpus).
+
+    The source is listed once (all splits, records only) and its official splits are mapped to the stages:
+    ``val`` falls back to ``test`` and ``test`` to ``val`` when a source ships only one of them (MSTAR SOC,
+    SARLANG-1M), with a warning. A source without official splits (``"all"``) can be evaluated as a whole but not
+    fitted: build a corpus with the corpus builder, which splits it.
+    Label indices come from one class list shared by every split.
+
+    Args:
+        source: registered source name (``class_folder``, ``image_caption_table``, ``mstar`` ...).
+        root: the dataset's folder (its data card shows the expected tree).
+        n_captions: captions per image (evaluation batches carry all of them).
+        seed: caption seed (captions are fixed per image and seed).
+        caption_styles: caption styles of :class:`~lightning_sarclip.data.captions.Captioner`.
+        policy: conversion policy spec overriding the source's default (``"db_window"``, ``{"name": ...}``).
+        source_options: extra keyword arguments of the source's constructor (e.g. ``{"image_column": "path"}``).
+        Other arguments: see :class:`SARDataModule`.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        root: str,
+        n_captions: int = 5,
+        seed: int = 0,
+        caption_styles: tuple[str, ...] = ("general", "complex", "absolute", "relative"),
+        policy: str | dict | None = None,
+        source_options: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int = 224,
+        in_chans: int = 1,
+        tokenizer: str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        from lightning_sarclip.data.captions import Captioner
+        from lightning_sarclip.data.source_dataset import SourceDataset
+        from lightning_sarclip.data.sources.base import get_source
+
+        super().__init__(
+            dataset_class=SourceDataset,
+            dataset_kwargs={"source": source, "root": str(root), "n_captions": n_captions, "seed": seed,
+                            "policy": policy, "source_options": dict(source_options or {})},
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            in_chans=in_chans,
+            tokenizer=tokenizer,
+            pin_memory=pin_memory,
+        )
+        self.source_cls = get_source(source)  # unknown names fail at construction, before any training
+        self.captioner = Captioner(styles=tuple(caption_styles), n_captions=n_captions, seed=seed)
+        self._records: dict[str, list] | None = None
+        self._classnames: list[str] | None = None
+
+    def _list_records(self) -> dict[str, list]:
+        """All records of the source by split, read once; also fixes the shared class list."""
+        if self._records is None:
+            reader = self.source_cls(self.dataset_kwargs["root"], "all", **self.dataset_kwargs["source_options"])
+            by_split: dict[str, list] = {}
+            for record in reader.records():
+                by_split.setdefault(record.split, []).append(record)
+            if not by_split:
+                raise ValueError(f"source {self.source_cls.name!r} at {self.dataset_kwargs['root']} has no records")
+            self._records = by_split
+            known = list(getattr(reader, "classnames", None) or [])
+            labels = {label for records in by_split.values() for r in records for label in r.labels}
+            self._classnames = known or sorted(labels)
+        return self._records
+
+    def source_split(self, split: str) -> str:
+        """The source split that serves the datamodule's ``split`` (see the class docstring)."""
+        available = self._list_records()
+        if split in available:
+            return split
+        name = self.source_cls.name
+        if split == "train":
+            if set(available) == {"all"}:
+                raise ValueError(
+                    f"source {name!r} has no official splits (its records are 'all'), so it cannot be fitted "
+                    "directly; build a corpus with the corpus builder, which splits it into "
+                    "train/val/test without leakage (see the README)"
+                )
+            raise ValueError(f"source {name!r} has no train split (it has {sorted(available)})")
+        for fallback in {"val": ("test", "all"), "test": ("val", "all")}.get(split, ()):
+            if fallback in available:
+                log.warning("source %r has no %r split; using its %r split instead", name, split, fallback)
+                return fallback
+        raise ValueError(f"source {name!r} has no {split!r} split (it has {sorted(available)})")
+
+    def build_dataset(self, split: str) -> Dataset:
+        records = self._list_records()[self.source_split(split)]
+        return self.dataset_class(split=split, image_size=self.image_size, in_chans=self.in_chans,
+                                  captioner=self.captioner, classnames=self._classnames, records=records,
+                                  **self.dataset_kwargs_for(split))

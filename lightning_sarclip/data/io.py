@@ -68,13 +68,21 @@ class SARImage:
 Reader = Callable[[bytes, ImageRef], SARImage]
 _READERS: dict[str, Reader] = {}
 _SUFFIXES: dict[str, str] = {}
+_NO_BYTES: set[str] = set()
 
 
-def register_format(name: str, suffixes: tuple[str, ...] = ()) -> Callable[[Reader], Reader]:
-    """Decorator: register ``reader(data: bytes, ref: ImageRef) -> SARImage`` under ``name`` and file suffixes."""
+def register_format(
+    name: str, suffixes: tuple[str, ...] = (), needs_bytes: bool = True
+) -> Callable[[Reader], Reader]:
+    """Decorator: register ``reader(data: bytes, ref: ImageRef) -> SARImage`` under ``name`` and file suffixes.
+
+    ``needs_bytes=False`` is for generated images (the synthetic source): the reader gets ``b""`` and the ref.
+    """
 
     def decorate(reader: Reader) -> Reader:
         _READERS[name] = reader
+        if not needs_bytes:
+            _NO_BYTES.add(name)
         for suffix in suffixes:
             _SUFFIXES[suffix.lower()] = name
         return reader
@@ -134,8 +142,9 @@ def read_bytes(ref: ImageRef) -> bytes:
 
 def read_sar(ref: ImageRef) -> SARImage:
     """Read the image ``ref`` points at, keep ``bands``, apply ``window``."""
-    reader = _READERS[format_of(ref)]
-    data = read_bytes(ref)
+    fmt = format_of(ref)
+    reader = _READERS[fmt]
+    data = b"" if fmt in _NO_BYTES else read_bytes(ref)
     try:
         image = reader(data, ref)
     except SARReadError:

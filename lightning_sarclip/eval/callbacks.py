@@ -123,7 +123,10 @@ class RetrievalZeroShotCallback(pl.Callback):
                 metrics[f"{stage}/{key}"] = value
             chance = chance_recall_at_k([k] * image.shape[0], ks=self.ks)["mean_recall"]
             metrics[f"{stage}/mean_recall_chance"] = chance
-        if self._classifier is not None and labels is not None:
+        if self._classifier is not None and labels is not None and bool((labels >= 0).any()):
+            # Images without a single class label (multi-label scenes, captions only) carry -1: not scored.
+            labelled = labels >= 0
+            image, labels = image[labelled], labels[labelled]
             logits = zeroshot_logits(image, self._classifier.to(image.device))
             num_classes = self._classifier.shape[1]
             topk = tuple(t for t in (1, 3, 5) if t <= num_classes)

@@ -73,6 +73,10 @@ class SARSource:
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     classnames: ClassVar[list[str]] = []
     default_policy: ClassVar[str | dict] = "integer"
+    #: ``classification`` (image-level labels) or ``detection`` (boxes; the corpus builder turns them into pairs).
+    task: ClassVar[str] = "classification"
+    #: metadata keys worth putting into captions; ``None`` = the captioner's defaults (sensor, band, ...).
+    caption_fields: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
         self.root = Path(root).expanduser()

@@ -1,0 +1,585 @@
+"""``build-corpus``: public SAR datasets in their original layouts -> a SARCLIP-1M-style image-text corpus.
+
+    python -m lightning_sarclip build-corpus --config experiments/corpus/sarclip1m.yaml
+
+Output folder::
+
+    shards/shard-00000.arrow ...   Arrow IPC files, one row per image: key, png bytes, captions, styles, labels, ...
+                                   (``datasets.Dataset.from_file`` opens them; ``format: webdataset`` writes
+                                   ``shard-00000.tar`` with ``<key>.png`` + ``<key>.json`` instead)
+    manifest.parquet               one row per image-caption pair: source, source_id, split, caption_index,
+                                   caption_style, image_hash, phash, shard, row, status
+    variants/<name>.parquet        the kept pairs of each held-out variant (e.g. without MSTAR)
+    stats.md                       per-source table shaped like the paper's (train/val images and captions, test pairs)
+    build_state.json               progress, for resuming
+
+How it works, and why:
+
+1. **Stream and store.** Sources are read in config order, records in each reader's deterministic order. Each image
+   is read once, converted by its source's policy to [0, 1], bounded to ``max_side``, stored as an 8-bit PNG
+   (1 channel ``L``; 2 channels VV/VH as ``LA``), hashed (``image_hash``: BLAKE2b of the stored pixels;
+   ``phash``: 64-bit DCT perceptual hash) and captioned. Shards are written to a temporary name and renamed, and
+   ``build_state.json`` is replaced atomically after each shard, so a killed build restarts at the first
+   unfinished shard and produces exactly what an uninterrupted build produces. Memory is one shard's rows.
+2. **Decide.** From the hashes alone (no pixels): images whose perceptual hashes differ by at most
+   ``phash_distance`` bits are one group (SARDet-100K, SARLANG-1M and others re-publish the same images). In a
+   group, test beats val beats train: an image that is in any test split never reaches train or val, and one
+   in val never reaches train (``status`` ``leak``); among copies in the same split the first source wins
+   (``duplicate``). Sources without official splits (``split: all``) are split by a stable hash of their
+   ``source_id`` (or a ``group_by`` metadata key, so that e.g. SAMPLE's measured/simulated pairs stay together).
+3. **Variants.** ``held_out: {wo_mstar: [mstar]}`` writes the kept pairs minus every group that contains an
+   image of the held-out sources, so a near-duplicate re-published elsewhere cannot leak it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from lightning_sarclip.data.captions import Captioner
+from lightning_sarclip.data.detection import detection_pairs
+from lightning_sarclip.data.io import read_sar
+from lightning_sarclip.data.records import SARRecord
+from lightning_sarclip.data.sources import get_source
+from lightning_sarclip.data.transforms import build_policy
+
+log = logging.getLogger("lightning_sarclip")
+
+SPLIT_RANK = {"test": 0, "val": 1, "train": 2}
+SHARD_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("split", pa.string()),
+        ("png", pa.binary()),
+        ("channels", pa.int8()),
+        ("captions", pa.list_(pa.string())),
+        ("styles", pa.list_(pa.string())),
+        ("labels", pa.list_(pa.string())),
+        ("metadata", pa.string()),
+        ("image_hash", pa.string()),
+        ("phash", pa.uint64()),
+    ]
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("caption_index", pa.int32()),
+        ("caption_style", pa.string()),
+        ("image_hash", pa.string()),
+        ("phash", pa.uint64()),
+        ("group", pa.int64()),
+        ("shard", pa.string()),
+        ("row", pa.int64()),
+        ("status", pa.string()),
+    ]
+)
+
+
+@dataclass
+class CorpusSource:
+    """One source of the corpus.
+
+    Args:
+        name: registered source name (``mstar``, ``sardet100k`` ...).
+        root: dataset root in its original layout.
+        options: extra reader arguments (``layout``, ``product`` ...).
+        splits: which of the reader's splits to take (default: all it has).
+        n_captions: captions per image (the paper: 5; sources that ship captions keep theirs).
+        detection: for detection sources, ``whole`` (image + count/position captions), ``chips`` (one crop per
+            object) or ``both``.
+        policy: conversion policy override (see :mod:`lightning_sarclip.data.transforms`).
+        val_fraction, test_fraction: used when the source has no official split.
+        group_by: metadata key that must not be split across train/val/test (for ``split: all`` sources).
+        max_images: cap per split (for quick builds and tests); ``None`` takes everything.
+    """
+
+    name: str
+    root: str
+    options: dict[str, Any] = field(default_factory=dict)
+    splits: list[str] | None = None
+    n_captions: int = 5
+    detection: str = "whole"
+    policy: str | dict | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    group_by: str | None = None
+    max_images: int | None = None
+
+
+@dataclass
+class CorpusConfig:
+    """What to build: ``output`` folder, ``sources``, captioning, storage and de-duplication settings."""
+
+    output: str
+    sources: list[CorpusSource]
+    caption_styles: list[str] = field(default_factory=lambda: ["general", "complex", "absolute", "relative"])
+    seed: int = 0
+    max_side: int = 256
+    shard_size: int = 1000
+    format: str = "arrow"
+    phash_distance: int = 3
+    held_out: dict[str, list[str]] = field(default_factory=dict)
+    progress_every: int = 1000
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+def perceptual_hash(image: np.ndarray) -> int:
+    """64-bit pHash of a (C, H, W) [0, 1] image: DCT of a 32x32 grey thumbnail, low 8x8 band vs its median."""
+    from scipy.fft import dctn
+
+    grey = image.mean(axis=0)
+    thumb = np.asarray(Image.fromarray((grey * 255).astype(np.uint8)).resize((32, 32), Image.BILINEAR), np.float32)
+    band = dctn(thumb, norm="ortho")[:8, :8].flatten()
+    bits = band > np.median(band[1:])
+    return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(pixels.shape).encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
+
+
+def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
+    """Stable split for sources without one: a hash of ``key`` into [0, 1)."""
+    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+    return "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
+
+
+# ---------------------------------------------------------------------------------------------- records
+def _source_records(spec: CorpusSource) -> Iterator[tuple[SARRecord, Any]]:
+    """The records of one source with the policy spec its reader chose (readers may choose per layout),
+    detection sources expanded to pairs, ``split: all`` assigned."""
+    source_cls = get_source(spec.name)
+    total = 0
+    for split in spec.splits or list(source_cls.splits):
+        source = source_cls(spec.root, split=split, **spec.options)
+        policy = spec.policy or source.default_policy
+        records: Iterator[SARRecord] = source.records()
+        if source_cls.task == "detection":
+            records = detection_pairs(records, mode=spec.detection)
+        for count, record in enumerate(records):
+            if spec.max_images is not None and count >= spec.max_images:
+                break
+            if record.split == "all":
+                group = record.metadata.get(spec.group_by, record.source_id) if spec.group_by else record.source_id
+                record.split = split_of(f"{spec.name}:{group}", spec.val_fraction, spec.test_fraction)
+            total += 1
+            yield record, policy
+    if total == 0:
+        raise ValueError(
+            f"source {spec.name!r} at {spec.root} yielded no records for splits "
+            f"{spec.splits or list(source_cls.splits)} with options {spec.options}; check the root against "
+            f"data_cards/{spec.name}.md (a source without official splits needs splits: [all])"
+        )
+
+
+def iter_records(config: CorpusConfig) -> Iterator[tuple[CorpusSource, SARRecord, Any]]:
+    for spec in config.sources:
+        for record, policy in _source_records(spec):
+            yield spec, record, policy
+
+
+# ---------------------------------------------------------------------------------------------- conversion
+def store_pixels(record: SARRecord, policy, max_side: int) -> np.ndarray:
+    """Read, convert to [0, 1] and bound the longest side; returns uint8 (C, H, W) with C in {1, 2}."""
+    image = read_sar(record.image)
+    unit = policy(image)
+    if unit.shape[0] > 2:
+        unit = unit[:1] if np.allclose(unit[0], unit[1]) else unit[:2]
+    c, h, w = unit.shape
+    scale = min(1.0, max_side / max(h, w))
+    pixels = (np.clip(unit, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        pixels = np.stack([np.asarray(Image.fromarray(ch).resize(size, Image.BILINEAR)) for ch in pixels])
+    return pixels
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    mode = "L" if pixels.shape[0] == 1 else "LA"
+    image = Image.fromarray(pixels[0] if mode == "L" else np.moveaxis(pixels, 0, -1), mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Stored PNG -> float32 (C, H, W) in [0, 1]."""
+    with Image.open(io.BytesIO(data)) as image:
+        array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = np.moveaxis(array, -1, 0)
+    return array.astype(np.float32) / 255.0
+
+
+# ---------------------------------------------------------------------------------------------- atomic io
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _write_table_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- shards
+def _write_shard(rows: list[dict], path: Path, fmt: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == "arrow":
+        table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SHARD_SCHEMA) as writer:
+            writer.write_table(table)
+    elif fmt == "webdataset":
+        with tarfile.open(tmp, "w") as tar:
+            for row in rows:
+                meta = {k: v for k, v in row.items() if k != "png"}
+                for suffix, payload in (("png", row["png"]), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{row['key']}.{suffix}")
+                    info.size = len(payload)
+                    info.mtime = 0
+                    tar.addfile(info, io.BytesIO(payload))
+    else:
+        raise ValueError(f"format: expected 'arrow' or 'webdataset', got {fmt!r}")
+    os.replace(tmp, path)
+
+
+def read_shard(path: str | Path) -> pa.Table:
+    """Open an Arrow shard (memory-mapped)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).read_all()
+
+
+@dataclass
+class BuildState:
+    shards: list[dict] = field(default_factory=list)  # {"file", "records", "first"}
+    finished: bool = False
+    config_hash: str = ""
+
+    @property
+    def records_done(self) -> int:
+        return sum(s["records"] for s in self.shards)
+
+
+def _config_hash(config: CorpusConfig) -> str:
+    payload = asdict(config)
+    payload.pop("progress_every", None)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_state(out: Path, config: CorpusConfig) -> BuildState:
+    path = out / "build_state.json"
+    expected = _config_hash(config)
+    if not path.exists():
+        return BuildState(config_hash=expected)
+    state = BuildState(**json.loads(path.read_text()))
+    if state.config_hash != expected:
+        raise ValueError(
+            f"{out}: holds a build of a different configuration (build_state.json config_hash "
+            f"{state.config_hash} != {expected}); choose another output folder or delete it"
+        )
+    return state
+
+
+def _save_state(out: Path, state: BuildState) -> None:
+    atomic_write_text(out / "build_state.json", json.dumps(asdict(state), indent=1))
+
+
+# ---------------------------------------------------------------------------------------------- build
+def build_corpus(config: CorpusConfig) -> dict[str, Any]:
+    """Build (or resume) the corpus described by ``config``; returns a summary (counts, timings, paths)."""
+    out = Path(config.output)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    state = _load_state(out, config)
+    captioner_cache: dict[str, Captioner] = {}
+    policy_cache: dict[str, Any] = {}
+    suffix = "arrow" if config.format == "arrow" else "tar"
+    skip = state.records_done
+    rows: list[dict] = []
+    started = time.perf_counter()
+    seen = 0
+    written = 0
+    if not state.finished:
+        for spec, record, policy in iter_records(config):
+            seen += 1
+            if seen <= skip:
+                continue  # already in a finished shard; listing records is cheap, pixels are not read
+            rows.append(_make_row(spec, record, policy, config, captioner_cache, policy_cache))
+            written += 1
+            if len(rows) == config.shard_size:
+                _flush(out, state, rows, suffix, config.format)
+                rows = []
+            if written % config.progress_every == 0:
+                rate = written / (time.perf_counter() - started)
+                log.info("build-corpus: %d images this run (%.0f/s), %d in total", written, rate, seen)
+        if rows:
+            _flush(out, state, rows, suffix, config.format)
+        state.finished = True
+        _save_state(out, state)
+    summary = finalize(out, config, state)
+    summary["images_this_run"] = written
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+def _flush(out: Path, state: BuildState, rows: list[dict], suffix: str, fmt: str) -> None:
+    index = len(state.shards)
+    name = f"shard-{index:05d}.{suffix}"
+    path = out / "shards" / name
+    _write_shard(rows, path, fmt)
+    # Side file with everything but pixels, so finalising never decodes images (and works for tar shards).
+    meta = [{k: v for k, v in row.items() if k != "png"} for row in rows]
+    _write_table_atomic(pa.Table.from_pylist(meta, schema=SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("png"))),
+                        out / "shards" / f"shard-{index:05d}.meta.parquet")
+    state.shards.append({"file": name, "records": len(rows), "first": state.records_done})
+    _save_state(out, state)
+
+
+def _make_row(
+    spec: CorpusSource, record: SARRecord, policy_spec: Any, config: CorpusConfig, captioners: dict, policies: dict
+) -> dict:
+    policy_key = json.dumps(policy_spec, sort_keys=True, default=str)
+    if policy_key not in policies:
+        policies[policy_key] = build_policy(policy_spec)
+    if spec.n_captions not in captioners:
+        captioners[spec.n_captions] = Captioner(
+            styles=tuple(config.caption_styles), n_captions=spec.n_captions, seed=config.seed
+        )
+    pixels = store_pixels(record, policies[policy_key], config.max_side)
+    captions, styles = captions_and_styles(captioners[spec.n_captions], record)
+    return {
+        "key": content_key(record),
+        "source": record.source,
+        "source_id": record.source_id,
+        "split": record.split,
+        "png": encode_png(pixels),
+        "channels": int(pixels.shape[0]),
+        "captions": captions,
+        "styles": styles,
+        "labels": list(record.labels) or sorted({b.label for b in record.boxes}),
+        "metadata": json.dumps(record.metadata, sort_keys=True, default=str),
+        "image_hash": content_hash(pixels),
+        "phash": perceptual_hash(pixels.astype(np.float32) / 255.0),
+    }
+
+
+def content_key(record: SARRecord) -> str:
+    return hashlib.sha1(record.key.encode()).hexdigest()[:20]
+
+
+def captions_and_styles(captioner: Captioner, record: SARRecord) -> tuple[list[str], list[str]]:
+    pairs = captioner.captions_with_styles(record)
+    return [c for c, _ in pairs], [s for _, s in pairs]
+
+
+# ---------------------------------------------------------------------------------------------- decide
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def near_duplicate_groups(phashes: np.ndarray, image_hashes: list[str], max_distance: int) -> np.ndarray:
+    """Group ids: identical pixels, or perceptual hashes within ``max_distance`` bits (multi-index search:
+    with ``max_distance + 1`` bands, two hashes that close share at least one band exactly)."""
+    n = len(phashes)
+    uf = _UnionFind(n)
+    first_of: dict[str, int] = {}
+    for i, h in enumerate(image_hashes):
+        if h in first_of:
+            uf.union(first_of[h], i)
+        else:
+            first_of[h] = i
+    if max_distance >= 0 and n:
+        bands = max_distance + 1
+        width = 64 // bands
+        values = phashes.astype(np.uint64)
+        for b in range(bands):
+            shift = np.uint64(b * width)
+            mask = np.uint64((1 << width) - 1) if b < bands - 1 else np.uint64((1 << (64 - b * width)) - 1)
+            buckets: dict[int, list[int]] = defaultdict(list)
+            for i, v in enumerate(((values >> shift) & mask).tolist()):
+                buckets[v].append(i)
+            for members in buckets.values():
+                if len(members) < 2:
+                    continue
+                for x_pos, x in enumerate(members):
+                    for y in members[x_pos + 1 :]:
+                        if uf.find(x) != uf.find(y) and bin(int(values[x]) ^ int(values[y])).count("1") <= max_distance:
+                            uf.union(x, y)
+    return np.array([uf.find(i) for i in range(n)], dtype=np.int64)
+
+
+def decide(images: pa.Table, max_distance: int) -> tuple[list[str], np.ndarray]:
+    """Per image: ``kept`` / ``leak`` / ``duplicate``, and its near-duplicate group id."""
+    splits = images.column("split").to_pylist()
+    groups = near_duplicate_groups(
+        np.array(images.column("phash").to_pylist(), dtype=np.uint64), images.column("image_hash").to_pylist(),
+        max_distance,
+    )
+    best_split: dict[int, int] = {}
+    for g, s in zip(groups.tolist(), splits, strict=True):
+        best_split[g] = min(best_split.get(g, 9), SPLIT_RANK[s])
+    status = []
+    first_kept: set[int] = set()
+    for g, s in zip(groups.tolist(), splits, strict=True):
+        if SPLIT_RANK[s] > best_split[g]:
+            status.append("leak")
+        elif g in first_kept:
+            status.append("duplicate")
+        else:
+            first_kept.add(g)
+            status.append("kept")
+    return status, groups
+
+
+def finalize(out: Path, config: CorpusConfig, state: BuildState) -> dict[str, Any]:
+    """Decide, then write manifest, variants and stats (each atomically) from the shards' side files."""
+    metas = [pq.read_table(out / "shards" / s["file"].replace(".arrow", ".meta.parquet").replace(".tar", ".meta.parquet"))
+             for s in state.shards]
+    images = pa.concat_tables(metas) if metas else SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("png")).empty_table()
+    status, groups = decide(images, config.phash_distance)
+    shard_of: list[str] = []
+    row_of: list[int] = []
+    for s in state.shards:
+        shard_of += [s["file"]] * s["records"]
+        row_of += list(range(s["records"]))
+    columns = {k: images.column(k).to_pylist() for k in ("source", "source_id", "split", "image_hash", "phash", "key")}
+    styles = images.column("styles").to_pylist()
+    pairs: dict[str, list] = defaultdict(list)
+    for i in range(images.num_rows):
+        for j, style in enumerate(styles[i]):
+            pairs["source"].append(columns["source"][i])
+            pairs["source_id"].append(columns["source_id"][i])
+            pairs["key"].append(columns["key"][i])
+            pairs["split"].append(columns["split"][i])
+            pairs["caption_index"].append(j)
+            pairs["caption_style"].append(style)
+            pairs["image_hash"].append(columns["image_hash"][i])
+            pairs["phash"].append(columns["phash"][i])
+            pairs["group"].append(int(groups[i]))
+            pairs["shard"].append(shard_of[i])
+            pairs["row"].append(row_of[i])
+            pairs["status"].append(status[i])
+    manifest = pa.table({name: pairs.get(name, []) for name in MANIFEST_SCHEMA.names}, schema=MANIFEST_SCHEMA)
+    _write_table_atomic(manifest, out / "manifest.parquet")
+    variants_dir = out / "variants"
+    variants_dir.mkdir(exist_ok=True)
+    variant_counts = {}
+    statuses, sources, group_ids = pairs["status"], pairs["source"], pairs["group"]
+    for name, held in config.held_out.items():
+        held_groups = {g for g, src in zip(group_ids, sources, strict=True) if src in held}
+        mask = [st == "kept" and g not in held_groups for st, g in zip(statuses, group_ids, strict=True)]
+        variant = manifest.filter(pa.array(mask, type=pa.bool_()))
+        _write_table_atomic(variant, variants_dir / f"{name}.parquet")
+        variant_counts[name] = variant.num_rows
+    stats = corpus_stats(manifest)
+    atomic_write_text(out / "stats.md", stats_markdown(stats))
+    counts = Counter(status)
+    return {"output": str(out), "images": images.num_rows, "pairs": manifest.num_rows, "status": dict(counts),
+            "variants": variant_counts, "stats": stats}
+
+
+def corpus_stats(manifest: pa.Table) -> dict[str, dict[str, int]]:
+    """Per source (kept pairs only): train/val images and captions, test pairs (the paper's columns)."""
+    table: dict[str, dict[str, int]] = defaultdict(lambda: Counter())
+    if not manifest.num_rows:
+        return {}
+    seen_images: set[tuple[str, str, str]] = set()
+    for source, split, key, status in zip(
+        manifest.column("source").to_pylist(), manifest.column("split").to_pylist(),
+        manifest.column("key").to_pylist(), manifest.column("status").to_pylist(), strict=True,
+    ):
+        if status != "kept":
+            continue
+        row = table[source]
+        if split == "test":
+            row["test_pairs"] += 1
+            continue
+        row[f"{split}_captions"] += 1
+        if (source, split, key) not in seen_images:
+            seen_images.add((source, split, key))
+            row[f"{split}_images"] += 1
+    return {s: dict(c) for s, c in table.items()}
+
+
+def stats_markdown(stats: dict[str, dict[str, int]]) -> str:
+    columns = ["train_images", "train_captions", "val_images", "val_captions", "test_pairs"]
+    header = "| Dataset | # Train Imgs | # Train Caps | # Val Imgs | # Val Caps | # Test Pairs |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    totals = Counter()
+    for source in sorted(stats):
+        values = [stats[source].get(c, 0) for c in columns]
+        totals.update(dict(zip(columns, values, strict=True)))
+        lines.append(f"| {source} | " + " | ".join(f"{v:,}" for v in values) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{totals.get(c, 0):,}**" for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def config_from_args(args: list[str]) -> CorpusConfig:
+    """Parse ``--config corpus.yaml`` (stackable) plus ``--field value`` overrides into a :class:`CorpusConfig`."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="python -m lightning_sarclip build-corpus", parser_mode="omegaconf")
+    parser.add_argument("--config", action=ActionConfigFile, help="corpus YAML (may be given several times)")
+    parser.add_class_arguments(CorpusConfig, None)
+    values = parser.parse_args(args).as_dict()
+    values.pop("config", None)
+    values.pop("__path__", None)
+    sources = [s if isinstance(s, CorpusSource) else CorpusSource(**s) for s in values.pop("sources")]
+    return CorpusConfig(sources=sources, **values)
+
+
+def main(args: list[str]) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = config_from_args(args)
+    summary = build_corpus(config)
+    print(stats_markdown(summary["stats"]), end="")
+    print(f"{summary['images']} images, {summary['pairs']} pairs, status {summary['status']}, "
+          f"variants {summary['variants']} -> {summary['output']}")
+    return summary

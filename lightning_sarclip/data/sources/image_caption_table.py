@@ -1,0 +1,255 @@
+"""``image_caption_table``: the user's own image-caption pairs in a CSV, TSV or parquet table.
+
+This is the format open_clip's trainer (``--dataset-type csv --csv-img-key imgpath --csv-caption-key caption``)
+and SARVLM's released CSVs use, so a user who already has such a table trains on it without conversion. Rows
+that repeat an image add captions to it; a caption cell may also hold several captions as a list (parquet), a
+JSON list (``["a", "b"]``) or a ``|``-separated string. Image paths are relative to the table's folder and may
+not climb out of it (``..``) or be absolute unless ``allow_outside_root=True``: a table is data from elsewhere,
+and following its paths blindly would read arbitrary files.
+
+Tables are found as follows: ``root`` may be the table file itself; a folder with ``train``/``val``/``test``
+tables (``train.csv``, ``val.tsv``, ``test.parquet`` ...) gives one table per split; otherwise the folder must
+hold exactly one table, or ``table=`` names it. Without a split column or per-split tables the records have
+split ``"all"`` (the corpus builder splits them).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+from lightning_sarclip.data.records import ImageRef, SARRecord
+from lightning_sarclip.data.sources.base import (
+    DatasetNotFoundError,
+    SARSource,
+    SourceFormatError,
+    register_source,
+)
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+#: Split names accepted in split columns and per-split file names, mapped to the canonical ones.
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+
+
+def read_table(path: Path, separator: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
+    """Column names and rows (dicts) of a CSV/TSV/parquet file; the separator defaults from the suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for broken files
+            raise SourceFormatError(path, "<file>", "a readable parquet file", f"{type(err).__name__}: {err}") from err
+        return list(table.column_names), table.to_pylist()
+    delimiter = separator or ("\t" if suffix == ".tsv" else ",")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise SourceFormatError(path, "<file>", "UTF-8 text", str(err)) from err
+    except csv.Error as err:
+        raise SourceFormatError(path, "<file>", f"a {delimiter!r}-separated table", str(err)) from err
+    return columns, rows
+
+
+def require_columns(path: Path, columns: list[str], wanted: dict[str, str | None]) -> None:
+    """Fail with the file, the option that names the column, and the columns the file really has."""
+    for option, column in wanted.items():
+        if column is not None and column not in columns:
+            raise SourceFormatError(path, column, f"a column {column!r} (set {option}=...)", f"columns {columns}")
+
+
+def split_cell(value: Any, separator: str | None) -> list[str]:
+    """Texts in a cell: a list (parquet), a JSON list string, a ``separator``-joined string or one string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = value
+    else:
+        text = str(value).strip()
+        items = None
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, list):
+                items = parsed
+        if items is None:
+            items = text.split(separator) if separator else [text]
+    return [str(item).strip() for item in items if item is not None and str(item).strip()]
+
+
+def safe_image_path(base: Path, value: str, table: Path, row: int, column: str, allow_outside: bool) -> Path:
+    """The image path of a table cell, resolved against ``base``; refuses ``..`` and absolute paths by default."""
+    text = str(value).strip().replace("\\", "/")
+    if not text:
+        raise SourceFormatError(table, column, f"an image path (row {row})", value)
+    pure = PurePosixPath(text)
+    absolute = pure.is_absolute() or Path(text).is_absolute()
+    if not allow_outside and (absolute or ".." in pure.parts):
+        raise SourceFormatError(
+            table, column,
+            f"an image path inside {base} without '..' or a leading '/' (row {row}; pass "
+            "allow_outside_root=True to trust the table)",
+            value,
+        )
+    return Path(text) if absolute else base / pure
+
+
+@register_source("image_caption_table")
+class ImageCaptionTable(SARSource):
+    """Image-caption pairs from a CSV/TSV/parquet table (open_clip / SARVLM style).
+
+    Args:
+        root: the table file, or a folder with per-split tables or exactly one table.
+        split: ``train``/``val``/``test``, or ``all``.
+        table: table file name inside ``root`` (when the folder holds several).
+        image_column: column with image paths (relative to the table's folder).
+        caption_column: column with captions.
+        split_column: optional column with ``train``/``val``/``test`` (``valid``/``validation`` accepted).
+        label_column: optional class-label column (``|``-separated for several labels).
+        separator: CSV field separator; default ``,`` for ``.csv`` and tab for ``.tsv``.
+        caption_separator: splits several captions in one cell (``None`` disables).
+        image_format: reader name when suffixes do not tell (see :func:`lightning_sarclip.data.io.format_of`).
+        allow_outside_root: accept absolute paths and ``..`` (for tables pointing at images elsewhere).
+        missing_images: ``"error"`` (default) or ``"skip"`` (counted) for rows whose image file does not exist.
+    """
+
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    classnames: ClassVar[list[str]] = []
+    default_policy: ClassVar[str | dict] = "integer"
+    caption_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        table: str | None = None,
+        image_column: str = "imgpath",
+        caption_column: str = "caption",
+        split_column: str | None = None,
+        label_column: str | None = None,
+        separator: str | None = None,
+        caption_separator: str | None = "|",
+        image_format: str | None = None,
+        allow_outside_root: bool = False,
+        missing_images: str = "error",
+    ) -> None:
+        super().__init__(root, split)
+        if missing_images not in ("error", "skip"):
+            raise ValueError(f"{self.name}: missing_images must be 'error' or 'skip', got {missing_images!r}")
+        self.table = table
+        self.image_column, self.caption_column = image_column, caption_column
+        self.split_column, self.label_column = split_column, label_column
+        self.separator, self.caption_separator = separator, caption_separator
+        self.image_format = image_format
+        self.allow_outside_root = allow_outside_root
+        self.missing_images = missing_images
+        self.tables = self._find_tables()
+
+    @classmethod
+    def expected_layout(cls) -> str:
+        return (
+            "Expected a CSV/TSV/parquet table (root=<file>), a folder with train/val/test tables "
+            "(train.csv, val.csv ...), or a folder holding exactly one table (or pass table=<name>); image paths "
+            "in the table are relative to the table's folder. See data_cards/image_caption_table.md."
+        )
+
+    def _find_tables(self) -> dict[str, Path]:
+        """``{split or "all": table}``."""
+        root = self.root
+        if root.is_file():
+            if root.suffix.lower() not in TABLE_SUFFIXES:
+                raise DatasetNotFoundError(f"{self.name}: {root} is not a {TABLE_SUFFIXES} table. "
+                                           f"{self.expected_layout()}")
+            return {"all": root}
+        if self.table is not None:
+            path = root / self.table
+            if not path.is_file():
+                raise DatasetNotFoundError(f"{self.name}: table {path} not found. {self.expected_layout()}")
+            return {"all": path}
+        tables = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+        per_split: dict[str, Path] = {}
+        for path in tables:
+            split = SPLIT_ALIASES.get(path.stem.lower())
+            if split is not None:
+                if split in per_split:
+                    raise DatasetNotFoundError(
+                        f"{self.name}: two tables for split {split!r} in {root}: {per_split[split].name}, "
+                        f"{path.name}; pass table=<name>"
+                    )
+                per_split[split] = path
+        if per_split:
+            return per_split
+        if len(tables) == 1:
+            return {"all": tables[0]}
+        found = [p.name for p in tables] or "no table"
+        raise DatasetNotFoundError(
+            f"{self.name}: cannot choose a table in {root} (found {found}). {self.expected_layout()}"
+        )
+
+    def _records(self) -> Iterator[SARRecord]:
+        for file_split, path in self.tables.items():
+            if file_split != "all" and not self.wants(file_split):
+                continue
+            yield from self._table_records(path, file_split)
+
+    def _table_records(self, path: Path, file_split: str) -> Iterator[SARRecord]:
+        columns, rows = read_table(path, self.separator)
+        require_columns(path, columns, {"image_column": self.image_column, "caption_column": self.caption_column,
+                                        "split_column": self.split_column, "label_column": self.label_column})
+        base = path.parent
+        grouped: dict[tuple[str, str], SARRecord] = {}
+        for row_number, row in enumerate(rows, start=2 if path.suffix.lower() != ".parquet" else 0):
+            split = file_split
+            if self.split_column is not None:
+                raw = str(row.get(self.split_column) or "").strip().lower()
+                if raw not in SPLIT_ALIASES:
+                    raise SourceFormatError(path, self.split_column,
+                                            f"one of {sorted(SPLIT_ALIASES)} (row {row_number})", raw)
+                split = SPLIT_ALIASES[raw]
+            if not self.wants(split):
+                continue
+            image = safe_image_path(base, row.get(self.image_column) or "", path, row_number, self.image_column,
+                                    self.allow_outside_root)
+            captions = split_cell(row.get(self.caption_column), self.caption_separator)
+            if not captions:
+                self.skip("empty caption", f"{path}:{row_number}")
+                continue
+            labels = split_cell(row.get(self.label_column), "|") if self.label_column else []
+            source_id = self._source_id(image, base)
+            key = (split, source_id)
+            record = grouped.get(key)
+            if record is None:
+                if not image.is_file():
+                    if self.missing_images == "skip":
+                        self.skip("image file missing", image)
+                        continue
+                    raise SourceFormatError(path, self.image_column,
+                                            f"an existing image file (row {row_number})", str(image))
+                record = SARRecord(self.name, source_id, split,
+                                   ImageRef(str(image), format=self.image_format),
+                                   metadata={"table": path.name})
+                grouped[key] = record
+            record.captions.extend(captions)
+            record.labels.extend(label for label in labels if label not in record.labels)
+        yield from grouped.values()
+
+    @staticmethod
+    def _source_id(image: Path, base: Path) -> str:
+        try:
+            return image.relative_to(base).as_posix()
+        except ValueError:
+            return image.as_posix()

@@ -1,0 +1,219 @@
+"""build-corpus: every source's fixtures -> shards + manifest + stats; leakage, variants, resume after kill -9."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from lightning_sarclip.data.corpus import (
+    CorpusConfig,
+    CorpusSource,
+    build_corpus,
+    config_from_args,
+    decode_png,
+    perceptual_hash,
+    read_shard,
+)
+from lightning_sarclip.data.corpus_datamodule import CorpusDataModule, WeightedEpochSampler
+from tests.conftest import REPO_ROOT, TEST_ARCH
+
+FIXTURES = REPO_ROOT / "experiments" / "corpus" / "fixtures.yaml"
+
+
+@pytest.fixture(scope="module")
+def fixture_corpus(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("corpus") / "fixtures"
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the config's roots are relative to the repository
+    try:
+        summary = build_corpus(config_from_args(["--config", str(FIXTURES), "--output", str(out)]))
+    finally:
+        os.chdir(cwd)
+    return out, summary
+
+
+def test_every_source_of_the_fixtures_config_lands_in_the_corpus(fixture_corpus):
+    out, summary = fixture_corpus
+    configured = {s["name"] for s in yaml.safe_load(FIXTURES.read_text())["sources"]}
+    manifest = pq.read_table(out / "manifest.parquet").to_pandas()
+    assert set(manifest.source) == configured
+    assert list((out / "shards").glob("shard-*.arrow"))
+    stats = (out / "stats.md").read_text()
+    for name in configured:
+        assert f"| {name} |" in stats
+    assert "# Train Imgs" in stats and "**total**" in stats
+    # Every pair points at a real shard row whose caption it names.
+    row = manifest.iloc[len(manifest) // 2]
+    shard = read_shard(out / "shards" / row["shard"])
+    assert shard.column("source_id")[int(row["row"])].as_py() == row["source_id"]
+    assert len(shard.column("captions")[int(row["row"])].as_py()) > int(row["caption_index"])
+    image = decode_png(shard.column("png")[int(row["row"])].as_py())
+    assert image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1 and max(image.shape) <= 64
+    assert {"general", "complex", "absolute", "relative", "source"} <= set(manifest.caption_style)
+
+
+def test_no_image_of_a_test_split_reaches_train(fixture_corpus):
+    out, _ = fixture_corpus
+    kept = pq.read_table(out / "manifest.parquet").to_pandas().query("status == 'kept'")
+    test_hashes = set(kept.query("split == 'test'").image_hash)
+    assert not test_hashes & set(kept.query("split != 'test'").image_hash)
+    test_groups = set(kept.query("split == 'test'").group)
+    assert not test_groups & set(kept.query("split != 'test'").group)
+
+
+def test_held_out_variants_hold_nothing_of_the_held_out_source(fixture_corpus):
+    out, summary = fixture_corpus
+    manifest = pq.read_table(out / "manifest.parquet").to_pandas()
+    for name, source in (("wo_mstar", "mstar"), ("wo_opensarship", "opensarship")):
+        variant = pq.read_table(out / "variants" / f"{name}.parquet").to_pandas()
+        assert len(variant) == summary["variants"][name] > 0
+        assert source not in set(variant.source)
+        held_groups = set(manifest[manifest.source == source].group)
+        assert not held_groups & set(variant.group)
+
+
+def _copy_class_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """Two class-folder datasets holding the same images in swapped splits, one copy slightly perturbed."""
+    a = tmp_path / "a"
+    shutil.copytree(REPO_ROOT / "tests" / "data" / "class_folder" / "split_layout", a)
+    b = tmp_path / "b"
+    b.mkdir()
+    for split, other in (("train", "test"), ("test", "train"), ("val", "val")):
+        if (a / split).exists():
+            shutil.copytree(a / split, b / other)
+    for path in sorted(b.rglob("*.png")):
+        pixels = np.asarray(Image.open(path)).copy()
+        pixels.flat[0] = 255 - pixels.flat[0]  # a re-encoded copy: not byte-identical, perceptually the same
+        Image.fromarray(pixels).save(path)
+    return a, b
+
+
+def test_swapped_splits_of_near_duplicates_never_leak(tmp_path):
+    a, b = _copy_class_folder(tmp_path)
+    config = CorpusConfig(output=str(tmp_path / "out"), max_side=64, sources=[
+        CorpusSource(name="class_folder", root=str(a)), CorpusSource(name="class_folder", root=str(b)),
+    ])
+    summary = build_corpus(config)
+    manifest = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pandas()
+    assert summary["status"]["leak"] > 0
+    kept = manifest.query("status == 'kept'")
+    assert not set(kept.query("split == 'test'").group) & set(kept.query("split != 'test'").group)
+    # Every image of a test split is still there, as test.
+    assert set(manifest.query("split == 'test'").group) <= set(kept.query("split == 'test'").group)
+
+
+def test_perceptual_hash_is_robust_to_small_changes_and_separates_images():
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 64, 64)).astype(np.float32)
+    noisy = np.clip(image + rng.normal(0, 0.01, image.shape), 0, 1).astype(np.float32)
+    other = rng.random((1, 64, 64)).astype(np.float32)
+    assert bin(perceptual_hash(image) ^ perceptual_hash(noisy)).count("1") <= 3
+    assert bin(perceptual_hash(image) ^ perceptual_hash(other)).count("1") > 10
+
+
+def _synthetic_config(out: Path, root: Path, n: int = 60) -> list[str]:
+    config = {
+        "output": str(out), "shard_size": 10, "max_side": 32,
+        "sources": [{"name": "synthetic", "root": str(root), "options": {"num_samples": n, "image_size": 32}}],
+        "held_out": {"wo_synthetic": ["synthetic"]},
+    }
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return ["--config", str(path)]
+
+
+def test_resume_after_kill_gives_the_same_manifest(tmp_path):
+    straight = tmp_path / "straight"
+    build_corpus(config_from_args(_synthetic_config(straight, tmp_path, n=200)))
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-m", "lightning_sarclip", "build-corpus", *_synthetic_config(killed, tmp_path, n=200)]
+    process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "build_state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if state.exists() and '"file"' in state.read_text() and state.read_text().count('"file"') >= 3:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the build finished before it could be killed; make it larger"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "manifest.parquet").exists()
+    done_before = state.read_text().count('"file"')
+    assert 3 <= done_before < 60
+
+    summary = build_corpus(config_from_args(_synthetic_config(killed, tmp_path, n=200)))
+    assert summary["images_this_run"] == 600 - done_before * 10
+    a = pq.read_table(straight / "manifest.parquet")
+    b = pq.read_table(killed / "manifest.parquet")
+    assert a.equals(b)
+    assert sorted(p.name for p in (killed / "shards").iterdir()) == sorted(p.name for p in (straight / "shards").iterdir())
+
+
+def test_a_different_config_in_the_same_output_is_refused(tmp_path):
+    build_corpus(config_from_args(_synthetic_config(tmp_path / "c", tmp_path, n=5)))
+    with pytest.raises(ValueError, match="different configuration"):
+        build_corpus(config_from_args(_synthetic_config(tmp_path / "c", tmp_path, n=6)))
+
+
+def test_bad_source_entries_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="unknown SAR source 'mstarr'"):
+        build_corpus(CorpusConfig(output=str(tmp_path / "o1"), sources=[CorpusSource(name="mstarr", root=str(tmp_path))]))
+    empty = tmp_path / "empty_table.csv"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "img.png")
+    empty.write_text("imgpath,caption,split\nimg.png,a caption,test\n")
+    with pytest.raises(ValueError, match="yielded no records"):
+        build_corpus(CorpusConfig(output=str(tmp_path / "o2"), sources=[
+            CorpusSource(name="image_caption_table", root=str(empty), options={"split_column": "split"},
+                         splits=["train"])]))
+
+
+def test_weighted_sampler_is_deterministic_and_follows_weights():
+    weights = [1.0] * 10 + [9.0] * 10
+    a = list(WeightedEpochSampler(weights, 20, 2000, seed=1))
+    assert a == list(WeightedEpochSampler(weights, 20, 2000, seed=1))
+    sampler = WeightedEpochSampler(weights, 20, 2000, seed=1)
+    sampler.set_epoch(1)
+    assert list(sampler) != a
+    heavy = sum(i >= 10 for i in a) / len(a)
+    assert 0.85 < heavy < 0.95
+    assert sorted(WeightedEpochSampler(None, 20, seed=0)) == list(range(20))
+
+
+def test_corpus_datamodule_batches_and_weights(fixture_corpus):
+    out, _ = fixture_corpus
+    data = CorpusDataModule(root=str(out), variant="wo_mstar", source_weights={"sardet100k": 5.0}, batch_size=4,
+                            image_size=32, tokenizer=TEST_ARCH)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 32, 32) and batch["text"].shape == (4, 16)
+    val = next(iter(data.val_dataloader()))
+    assert val["text"].shape[1] == 5
+    assert "mstar" not in set(data.datasets["train"].sources)
+    bad = CorpusDataModule(root=str(out), source_weights={"nope": 1.0}, tokenizer=TEST_ARCH, image_size=32)
+    bad.setup("fit")
+    with pytest.raises(ValueError, match="not in the train split"):
+        bad.train_dataloader()
+
+
+def test_fit_on_the_fixture_corpus_with_the_cli(fixture_corpus, tmp_path):
+    from lightning_sarclip.cli import main
+
+    out, _ = fixture_corpus
+    config = tmp_path / "corpus_data.yaml"
+    config.write_text(yaml.safe_dump({"data": {
+        "class_path": "lightning_sarclip.data.corpus_datamodule.CorpusDataModule",
+        "init_args": {"root": str(out), "batch_size": 4, "image_size": 32, "num_workers": 0},
+    }}))
+    main(["fit", "--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"), "--config", str(config),
+          "--model.init_args.model_name", TEST_ARCH, "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1",
+          "--trainer.enable_progress_bar", "false"])
