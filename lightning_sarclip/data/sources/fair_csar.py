@@ -57,9 +57,9 @@ class FAIRCSAR(SARSource):
     classnames: ClassVar[list[str]] = [*_SL_CLASSES, "Ship"]
     #: Uncalibrated SLC amplitudes (16-bit range): per-image percentiles in dB, not a fixed dB window.
     default_policy: ClassVar[str | dict] = {"name": "percentile", "low": 1.0, "high": 99.0, "in_db": True}
+    task: ClassVar[str] = "detection"
     #: ``major_category``/``sub_category`` are kept in metadata but not captioned: they are per patch while a patch
     #: can hold several classes, and object chips inherit the patch's metadata.
-    task: ClassVar[str] = "detection"
     caption_fields: ClassVar[tuple[str, ...]] = (
         "sensor", "band", "polarization", "resolution_m", "imaging_mode", "incidence_deg", "look_direction",
     )  # fmt: skip
