@@ -217,3 +217,28 @@ def test_fit_on_the_fixture_corpus_with_the_cli(fixture_corpus, tmp_path):
     main(["fit", "--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"), "--config", str(config),
           "--model.init_args.model_name", TEST_ARCH, "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1",
           "--trainer.enable_progress_bar", "false"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "experiments" / "corpus").glob("*.yaml")), ids=lambda p: p.name)
+def test_corpus_configs_parse_and_name_registered_sources(path, monkeypatch):
+    from lightning_sarclip.data.sources import get_source
+
+    monkeypatch.setenv("SAR_DATA", "/data/sar")
+    config = config_from_args(["--config", str(path)])
+    for source in config.sources:
+        get_source(source.name)
+        assert "${" not in source.root
+    for held in config.held_out.values():
+        assert set(held) <= {s.name for s in config.sources}
+
+
+def test_webdataset_shards(tmp_path):
+    import tarfile
+
+    args = _synthetic_config(tmp_path / "wds", tmp_path, n=6)
+    summary = build_corpus(config_from_args([*args, "--format", "webdataset"]))
+    tars = sorted((tmp_path / "wds" / "shards").glob("*.tar"))
+    assert tars and summary["images"] == 18
+    with tarfile.open(tars[0]) as tar:
+        names = tar.getnames()
+    assert names[0].endswith(".png") and names[1].endswith(".json") and names[0][:-4] == names[1][:-5]

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -439,14 +440,15 @@ def near_duplicate_groups(phashes: np.ndarray, image_hashes: list[str], max_dist
         width = 64 // bands
         values = phashes.astype(np.uint64)
         for b in range(bands):
-            shift = np.uint64(b * width)
-            mask = np.uint64((1 << width) - 1) if b < bands - 1 else np.uint64((1 << (64 - b * width)) - 1)
-            buckets: dict[int, list[int]] = defaultdict(list)
-            for i, v in enumerate(((values >> shift) & mask).tolist()):
-                buckets[v].append(i)
-            for members in buckets.values():
-                if len(members) < 2:
-                    continue
+            bits = width if b < bands - 1 else 64 - b * width
+            keys = (values >> np.uint64(b * width)) & np.uint64((1 << bits) - 1)
+            order = np.argsort(keys, kind="stable")
+            sorted_keys = keys[order]
+            # Runs of equal band value (sorted, not a dict of lists: memory stays a few arrays per band).
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            ends = np.r_[starts[1:], n]
+            for lo, hi in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True):
+                members = order[lo:hi].tolist()
                 for x_pos, x in enumerate(members):
                     for y in members[x_pos + 1 :]:
                         if uf.find(x) != uf.find(y) and bin(int(values[x]) ^ int(values[y])).count("1") <= max_distance:
@@ -477,74 +479,65 @@ def decide(images: pa.Table, max_distance: int) -> tuple[list[str], np.ndarray]:
     return status, groups
 
 
+def _meta_file(shard_file: str) -> str:
+    return shard_file.rsplit(".", 1)[0] + ".meta.parquet"
+
+
 def finalize(out: Path, config: CorpusConfig, state: BuildState) -> dict[str, Any]:
     """Decide, then write manifest, variants and stats (each atomically) from the shards' side files."""
-    metas = [pq.read_table(out / "shards" / s["file"].replace(".arrow", ".meta.parquet").replace(".tar", ".meta.parquet"))
-             for s in state.shards]
-    images = pa.concat_tables(metas) if metas else SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("png")).empty_table()
+    # Only the columns the decision and the manifest need: captions and metadata stay in the shards.
+    needed = ["key", "source", "source_id", "split", "styles", "image_hash", "phash"]
+    metas = [pq.read_table(out / "shards" / _meta_file(s["file"]), columns=needed) for s in state.shards]
+    images = pa.concat_tables(metas) if metas else pa.schema([SHARD_SCHEMA.field(n) for n in needed]).empty_table()
     status, groups = decide(images, config.phash_distance)
-    shard_of: list[str] = []
-    row_of: list[int] = []
-    for s in state.shards:
-        shard_of += [s["file"]] * s["records"]
-        row_of += list(range(s["records"]))
-    columns = {k: images.column(k).to_pylist() for k in ("source", "source_id", "split", "image_hash", "phash", "key")}
-    styles = images.column("styles").to_pylist()
-    pairs: dict[str, list] = defaultdict(list)
-    for i in range(images.num_rows):
-        for j, style in enumerate(styles[i]):
-            pairs["source"].append(columns["source"][i])
-            pairs["source_id"].append(columns["source_id"][i])
-            pairs["key"].append(columns["key"][i])
-            pairs["split"].append(columns["split"][i])
-            pairs["caption_index"].append(j)
-            pairs["caption_style"].append(style)
-            pairs["image_hash"].append(columns["image_hash"][i])
-            pairs["phash"].append(columns["phash"][i])
-            pairs["group"].append(int(groups[i]))
-            pairs["shard"].append(shard_of[i])
-            pairs["row"].append(row_of[i])
-            pairs["status"].append(status[i])
-    manifest = pa.table({name: pairs.get(name, []) for name in MANIFEST_SCHEMA.names}, schema=MANIFEST_SCHEMA)
+    # Per image: where it is stored, its decision and group. Expanded to one row per caption with Arrow
+    # kernels (no per-pair Python objects), so finalising stays cheap at millions of pairs.
+    shard_of = pa.array([s["file"] for s in state.shards for _ in range(s["records"])], pa.string())
+    row_of = pa.array(np.concatenate([np.arange(s["records"]) for s in state.shards]) if state.shards else [],
+                      pa.int64())
+    per_image = {
+        "source": images.column("source"), "source_id": images.column("source_id"), "key": images.column("key"),
+        "split": images.column("split"), "image_hash": images.column("image_hash"), "phash": images.column("phash"),
+        "group": pa.array(groups, pa.int64()), "shard": shard_of, "row": row_of,
+        "status": pa.array(status, pa.string()),
+    }
+    styles = images.column("styles").combine_chunks() if images.num_rows else pa.array([], pa.list_(pa.string()))
+    counts = pc.list_value_length(styles).to_numpy(zero_copy_only=False).astype(np.int64)
+    repeat = pa.array(np.repeat(np.arange(images.num_rows), counts), pa.int64())
+    caption_index = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    columns = {name: pc.take(column, repeat) for name, column in per_image.items()}
+    columns["caption_index"] = pa.array(caption_index, pa.int32())
+    columns["caption_style"] = pc.list_flatten(styles)
+    manifest = pa.table([columns[name] for name in MANIFEST_SCHEMA.names], schema=MANIFEST_SCHEMA)
     _write_table_atomic(manifest, out / "manifest.parquet")
     variants_dir = out / "variants"
     variants_dir.mkdir(exist_ok=True)
     variant_counts = {}
-    statuses, sources, group_ids = pairs["status"], pairs["source"], pairs["group"]
     for name, held in config.held_out.items():
-        held_groups = {g for g, src in zip(group_ids, sources, strict=True) if src in held}
-        mask = [st == "kept" and g not in held_groups for st, g in zip(statuses, group_ids, strict=True)]
-        variant = manifest.filter(pa.array(mask, type=pa.bool_()))
+        held_groups = pc.unique(pc.filter(per_image["group"], pc.is_in(per_image["source"], pa.array(held))))
+        keep = pc.and_(pc.equal(manifest.column("status"), "kept"),
+                       pc.invert(pc.is_in(manifest.column("group"), held_groups)))
+        variant = manifest.filter(keep)
         _write_table_atomic(variant, variants_dir / f"{name}.parquet")
         variant_counts[name] = variant.num_rows
     stats = corpus_stats(manifest)
     atomic_write_text(out / "stats.md", stats_markdown(stats))
-    counts = Counter(status)
-    return {"output": str(out), "images": images.num_rows, "pairs": manifest.num_rows, "status": dict(counts),
+    return {"output": str(out), "images": images.num_rows, "pairs": manifest.num_rows, "status": dict(Counter(status)),
             "variants": variant_counts, "stats": stats}
 
 
 def corpus_stats(manifest: pa.Table) -> dict[str, dict[str, int]]:
     """Per source (kept pairs only): train/val images and captions, test pairs (the paper's columns)."""
-    table: dict[str, dict[str, int]] = defaultdict(lambda: Counter())
-    if not manifest.num_rows:
-        return {}
-    seen_images: set[tuple[str, str, str]] = set()
-    for source, split, key, status in zip(
-        manifest.column("source").to_pylist(), manifest.column("split").to_pylist(),
-        manifest.column("key").to_pylist(), manifest.column("status").to_pylist(), strict=True,
-    ):
-        if status != "kept":
-            continue
-        row = table[source]
-        if split == "test":
-            row["test_pairs"] += 1
-            continue
-        row[f"{split}_captions"] += 1
-        if (source, split, key) not in seen_images:
-            seen_images.add((source, split, key))
-            row[f"{split}_images"] += 1
-    return {s: dict(c) for s, c in table.items()}
+    kept = manifest.filter(pc.equal(manifest.column("status"), "kept"))
+    grouped = kept.group_by(["source", "split"]).aggregate([("key", "count"), ("key", "count_distinct")])
+    table: dict[str, dict[str, int]] = defaultdict(dict)
+    for row in grouped.to_pylist():
+        if row["split"] == "test":
+            table[row["source"]]["test_pairs"] = row["key_count"]
+        else:
+            table[row["source"]][f"{row['split']}_captions"] = row["key_count"]
+            table[row["source"]][f"{row['split']}_images"] = row["key_count_distinct"]
+    return dict(table)
 
 
 def stats_markdown(stats: dict[str, dict[str, int]]) -> str:
