@@ -242,3 +242,23 @@ def test_webdataset_shards(tmp_path):
     with tarfile.open(tars[0]) as tar:
         names = tar.getnames()
     assert names[0].endswith(".png") and names[1].endswith(".json") and names[0][:-4] == names[1][:-5]
+
+
+def test_sampler_shards_deterministically_across_ranks():
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    weights = [1.0] * 30 + [3.0] * 30
+    shards = []
+    for rank in range(2):
+        wrapper = DistributedSamplerWrapper(WeightedEpochSampler(weights, 60, 40, seed=3), num_replicas=2, rank=rank,
+                                            shuffle=False)
+        wrapper.set_epoch(2)
+        shards.append(list(wrapper))
+    again = DistributedSamplerWrapper(WeightedEpochSampler(weights, 60, 40, seed=3), num_replicas=2, rank=0,
+                                      shuffle=False)
+    again.set_epoch(2)
+    assert list(again) == shards[0]
+    assert len(shards[0]) == len(shards[1]) == 20
+    epoch_draws = WeightedEpochSampler(weights, 60, 40, seed=3)
+    epoch_draws.set_epoch(2)
+    assert sorted(shards[0] + shards[1]) == sorted(epoch_draws)  # the ranks split one epoch's draws
