@@ -1,0 +1,78 @@
+"""``results.jsonl``: one JSON object per (model, dataset, split, task, metric), appended, never rewritten.
+
+Tables and figures are derived from these rows (``python -m lightning_sarclip report``), never typed by hand, so
+each row carries what is needed to reproduce it: the model and checkpoint (path and hash), the dataset and
+split, the task, the templates and class names used, the full evaluation config, and a timestamp.
+
+Row keys: ``model``, ``checkpoint``, ``checkpoint_hash``, ``dataset``, ``split``, ``task`` (``zeroshot``,
+``retrieval``, ``linear_probe``, ``kshot``, ``knn``, ``wiseft``), ``metric`` (``top1``, ``mean_per_class``,
+``i2t_R@1``, ``mean_recall`` ...), ``value`` (a fraction in [0, 1] for accuracies and recalls), ``templates``
+(list of strings or null), ``classnames`` (list or null), ``config`` (dict), ``extra`` (dict: k-shot k, alpha,
+sample counts ...), ``time`` (ISO 8601, UTC).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROW_KEYS = ("model", "checkpoint", "checkpoint_hash", "dataset", "split", "task", "metric", "value", "templates",
+            "classnames", "config", "extra", "time")
+TASKS = ("zeroshot", "retrieval", "linear_probe", "kshot", "knn", "wiseft")
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    """A complete row: missing optional keys become null/empty; ``task`` and ``value`` are checked."""
+    row = {key: fields.get(key) for key in ROW_KEYS}
+    unknown = set(fields) - set(ROW_KEYS)
+    if unknown:
+        raise ValueError(f"results row: unknown keys {sorted(unknown)}; expected {ROW_KEYS}")
+    for key in ("model", "dataset", "split", "task", "metric"):
+        if not row[key]:
+            raise ValueError(f"results row: {key!r} is required")
+    if row["task"] not in TASKS:
+        raise ValueError(f"results row: task must be one of {TASKS}, got {row['task']!r}")
+    value = row["value"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"results row: value must be a number, got {value!r}")
+    row["value"] = None if isinstance(value, float) and math.isnan(value) else float(value)
+    row["config"] = dict(row["config"] or {})
+    row["extra"] = dict(row["extra"] or {})
+    row["time"] = row["time"] or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return row
+
+
+def append_results(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Append rows (one JSON line each) under an exclusive lock, so concurrent evaluations never interleave."""
+    lines = [json.dumps(make_row(**row), sort_keys=True, default=str) + "\n" for row in rows]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    return len(lines)
+
+
+def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows; a malformed line raises an error naming the file and line number."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON results row ({err})") from err
+    return rows
