@@ -82,6 +82,17 @@ def is_lightning_checkpoint(path: str | os.PathLike) -> bool:
     return isinstance(checkpoint, dict) and "model_name" in (checkpoint.get("hyper_parameters") or {})
 
 
+def tag_statistics(model_name: str, pretrained: str | None) -> tuple[list[float] | None, list[float] | None]:
+    """Mean/std of an open_clip pretrained tag (``None`` when ``pretrained`` is not a tag of ``model_name``)."""
+    import open_clip
+
+    if not pretrained or pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
+        return None, None
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    mean, std = cfg.get("mean"), cfg.get("std")
+    return (list(mean) if mean else None), (list(std) if std else None)
+
+
 def load_model(
     model_name: str | None = None,
     pretrained: str | None = None,
@@ -112,6 +123,12 @@ def load_model(
         "image_mean": image_mean if image_mean is not None else hparams.get("image_mean"),
         "image_std": image_std if image_std is not None else hparams.get("image_std"),
     }
+    if lightning_ckpt and settings["image_mean"] is None:
+        # Trained from an open_clip tag: the run normalised with that tag's statistics (open_clip's
+        # preprocess_cfg), which the random-init model built here would not know.
+        tag_mean, tag_std = tag_statistics(model_name, hparams.get("pretrained"))
+        settings["image_mean"] = tag_mean
+        settings["image_std"] = settings["image_std"] if settings["image_std"] is not None else tag_std
     created = create_model(
         model_name,
         None if lightning_ckpt else pretrained,
