@@ -28,7 +28,13 @@ from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.module import SARCLIPModule
 
 #: Subcommands beyond Lightning's fit/validate/test/predict: name -> module with ``main(argv)``.
-COMMANDS = {"build-corpus": "lightning_sarclip.data.corpus"}
+COMMANDS = {
+    "build-corpus": "lightning_sarclip.data.corpus",
+    "evaluate": "lightning_sarclip.eval.evaluate",
+    "report": "lightning_sarclip.eval.report",
+    "export": "lightning_sarclip.export",
+    "embed": "lightning_sarclip.embed",
+}
 
 
 class SARCLIPCLI(LightningCLI):

@@ -1,0 +1,557 @@
+"""``python -m lightning_sarclip evaluate --config experiments/eval/<suite>.yaml``: any checkpoint, many datasets.
+
+Why a standalone command (and not ``trainer.test``): baselines (OpenAI CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP,
+CAESAR SARCLIP) are plain open_clip checkpoints with no Lightning module, and the paper's tables compare them
+with ours on the same datasets, templates and class names. So one config names a model (anything
+:func:`~lightning_sarclip.eval.loading.load_model` loads) and a list of datasets (any registered source, or a built
+corpus), and every number goes to ``results.jsonl`` (:mod:`lightning_sarclip.eval.results`) with what is needed to
+reproduce it. ``report`` turns those rows into tables.
+
+Per dataset:
+
+* **zero-shot**: a classifier from the class names' prompt names x the templates (open_clip / CLIP_benchmark
+  semantics, logits ``100 * img @ W``); metrics ``top1``, ``top3``, ``top5`` (null when K > classes) and
+  ``mean_per_class``; the confusion matrix (rows: true class) is saved as JSON.
+* **retrieval**: every image against every caption of every image (``i2t_R@K``, ``t2i_R@K``, ``mean_recall``);
+  an image is a hit when any of its captions is in the top K.
+
+Every check that can fail (unknown source, missing root, unreadable template or class-name file, class names
+that do not cover the dataset's labels) runs for all datasets before the first image is embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
+from lightning_sarclip.eval.results import append_results
+from lightning_sarclip.eval.retrieval import recall_at_k
+from lightning_sarclip.eval.templates import get_templates
+from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
+
+log = logging.getLogger("lightning_sarclip")
+
+TASKS = ("zeroshot", "retrieval", "both")
+MULTI_LABEL = ("skip", "first")
+#: The built-in class-name files (``<reader name>.json``), shipped as package data.
+CLASSNAMES_DIR = Path(__file__).with_name("classnames")
+#: ``source:`` value that reads a corpus built by ``build-corpus`` instead of a registered source.
+CORPUS_SOURCE = "corpus"
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass
+class ModelSpec:
+    """The model to evaluate; the fields are :func:`~lightning_sarclip.eval.loading.load_model`'s.
+
+    Args:
+        model_name: open_clip architecture (not needed for our ``.ckpt``, whose hyper-parameters name it).
+        pretrained: open_clip tag, ``hf-hub:`` id, checkpoint file or our Lightning ``.ckpt``.
+        name: the model's name in results and reports (default: derived from ``model_name`` and ``pretrained``).
+        in_chans, channel_mode, image_size, image_mean, image_std: SAR input settings (default: the
+            checkpoint's, else 1 channel and the architecture's).
+    """
+
+    model_name: str | None = None
+    pretrained: str | None = None
+    name: str | None = None
+    in_chans: int | None = None
+    channel_mode: str | None = None
+    image_size: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a suite.
+
+    Args:
+        name: the dataset's name in results (``mstar_soc``, ``fusar_ship`` ...).
+        source: registered source (``mstar``, ``class_folder``, ``image_caption_table`` ...) or ``corpus``.
+        root: the dataset's folder (checked when the suite runs, not when it is parsed).
+        split: split to evaluate (``test``, ``val``, ``all`` ...).
+        task: ``zeroshot``, ``retrieval`` or ``both``.
+        templates: template set (``sar``, ``optical``, ``sar_opt``, ``isprs``, ``simple``), a JSON file or a list.
+        classnames: a built-in class-name file (``mstar``, ``fusar_ship`` ...), a JSON file of the same shape, or
+            a list of names; default: the built-in file named after the source when it covers the labels, else
+            the dataset's own class names.
+        prompt_names: put the file's natural-language ``prompt_names`` into prompts (``False``: the raw names).
+        present_classes_only: drop classes without any image from the classifier (OpenSARShip's 20 AIS groups).
+        multi_label: images with several labels: ``skip`` them (zero-shot) or score their ``first`` label (the
+            dominant land-cover class for SEN12MS).
+        detection: detection sources become ``chips`` (one crop per box, labelled) or ``whole`` images.
+        source_options: extra arguments of the source reader (``{product: Patch_Cal}``; for ``corpus``:
+            ``variant`` and ``sources``).
+        policy: conversion policy overriding the source's default.
+        n_captions: generated captions per image for retrieval (captions a dataset ships are all kept).
+        max_images: evaluate a seeded random subset of this many images.
+        batch_size: images (and captions) per forward pass.
+        seed: seed of the subset and of generated captions.
+    """
+
+    name: str
+    source: str
+    root: str
+    split: str = "test"
+    task: str = "zeroshot"
+    templates: str | list[str] = "sar"
+    classnames: str | list[str] | None = None
+    prompt_names: bool = True
+    present_classes_only: bool = False
+    multi_label: str = "skip"
+    detection: str = "chips"
+    source_options: dict[str, Any] = field(default_factory=dict)
+    policy: str | dict | None = None
+    n_captions: int = 5
+    max_images: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """A suite: one model, where results go, the datasets."""
+
+    output: str
+    datasets: list[DatasetSpec]
+    model: ModelSpec = field(default_factory=ModelSpec)
+    device: str = "cpu"
+    num_workers: int = 0
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+def config_from_args(args: list[str]) -> EvalConfig:
+    """Parse ``--config suite.yaml`` (stackable: later files win) plus ``--section.field value`` overrides."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="python -m lightning_sarclip evaluate", parser_mode="omegaconf")
+    parser.add_argument("--config", action=ActionConfigFile, help="suite YAML (may be given several times)")
+    parser.add_class_arguments(EvalConfig, None)
+    values = parser.parse_args(args).as_dict()
+    values.pop("config", None)
+    values.pop("__path__", None)
+    datasets = [d if isinstance(d, DatasetSpec) else DatasetSpec(**d) for d in values.pop("datasets")]
+    model = values.pop("model")
+    model = model if isinstance(model, ModelSpec) else ModelSpec(**(model or {}))
+    config = EvalConfig(datasets=datasets, model=model, **values)
+    check_config(config)
+    return config
+
+
+def check_config(config: EvalConfig) -> None:
+    """Static checks (no file access): task names, unique dataset names, positive sizes."""
+    if not config.datasets:
+        raise ValueError("evaluate: the suite lists no datasets")
+    names = [d.name for d in config.datasets]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"evaluate: dataset names must be unique, repeated: {duplicates}")
+    for spec in config.datasets:
+        where = f"dataset {spec.name!r}"
+        if spec.task not in TASKS:
+            raise ValueError(f"{where}: task must be one of {TASKS}, got {spec.task!r}")
+        if spec.multi_label not in MULTI_LABEL:
+            raise ValueError(f"{where}: multi_label must be one of {MULTI_LABEL}, got {spec.multi_label!r}")
+        if spec.detection not in ("chips", "whole"):
+            raise ValueError(f"{where}: detection must be 'chips' or 'whole', got {spec.detection!r}")
+        for key in ("batch_size", "n_captions"):
+            if getattr(spec, key) < 1:
+                raise ValueError(f"{where}: {key} must be >= 1, got {getattr(spec, key)}")
+        if spec.max_images is not None and spec.max_images < 1:
+            raise ValueError(f"{where}: max_images must be >= 1 or null, got {spec.max_images}")
+
+
+# ---------------------------------------------------------------------------------------------- class names
+@dataclass
+class ClassNames:
+    """Label names (as the dataset spells them) and the names put into prompts, in classifier order."""
+
+    names: list[str]
+    prompts: list[str]
+    origin: str
+
+
+def builtin_classnames() -> list[str]:
+    """Names of the shipped class-name files (``mstar``, ``fusar_ship`` ...)."""
+    return sorted(p.stem for p in CLASSNAMES_DIR.glob("*.json"))
+
+
+def load_classnames_file(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """A class-name file by built-in name or path, checked: ``classnames`` and ``prompt_names`` of equal length."""
+    spec = os.fspath(name_or_path)
+    path = CLASSNAMES_DIR / f"{spec}.json" if (CLASSNAMES_DIR / f"{spec}.json").is_file() else Path(spec)
+    if not path.is_file():
+        raise ValueError(f"class-name file {spec!r} not found: give a path to a JSON file or one of the built-in "
+                         f"names {builtin_classnames()}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"could not read class names from {str(path)!r}: {err}") from None
+    names = data.get("classnames") if isinstance(data, dict) else data
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{path}: expected {{'classnames': [non-empty strings], 'prompt_names': [...]}} or a list")
+    prompts = data.get("prompt_names", names) if isinstance(data, dict) else names
+    if not isinstance(prompts, list) or len(prompts) != len(names):
+        raise ValueError(f"{path}: prompt_names must list one name per class ({len(names)}), got {prompts!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+    return {"dataset": data.get("dataset") if isinstance(data, dict) else None, "classnames": names,
+            "prompt_names": prompts, "source": data.get("source") if isinstance(data, dict) else None,
+            "path": str(path)}
+
+
+def _key(name: str) -> str:
+    """Matching key of a label: case and punctuation free, so folder ``zsu_23_4`` finds ``ZSU_23_4``."""
+    return re.sub(r"[^0-9a-z]", "", name.casefold())
+
+
+def match_labels(labels: Sequence[str], classnames: Sequence[str], where: str) -> dict[str, int]:
+    """``label -> index in classnames``: exact name first, else the unique case/punctuation-free match."""
+    exact = {name: i for i, name in enumerate(classnames)}
+    loose: dict[str, list[int]] = {}
+    for i, name in enumerate(classnames):
+        loose.setdefault(_key(name), []).append(i)
+    mapping, missing = {}, []
+    for label in labels:
+        if label in exact:
+            mapping[label] = exact[label]
+        elif len(loose.get(_key(label), [])) == 1:
+            mapping[label] = loose[_key(label)][0]
+        else:
+            missing.append(label)
+    if missing:
+        raise ValueError(f"{where}: the class names do not cover the dataset's labels {sorted(missing)} "
+                         f"(class names: {list(classnames)})")
+    return mapping
+
+
+def resolve_classnames(spec: DatasetSpec, labels: Sequence[str], dataset_classnames: Sequence[str]) -> ClassNames:
+    """The classifier's classes for ``spec``: a named/explicit list, the source's built-in file, or the dataset's."""
+    from lightning_sarclip.data.captions import pretty_classname
+
+    where = f"dataset {spec.name!r}"
+    if isinstance(spec.classnames, list):
+        names = [str(n) for n in spec.classnames]
+        match_labels(labels, names, where)
+        return ClassNames(names, names, "config list")
+    if isinstance(spec.classnames, str):
+        data = load_classnames_file(spec.classnames)
+        match_labels(labels, data["classnames"], f"{where} (class names from {data['path']})")
+        prompts = data["prompt_names"] if spec.prompt_names else data["classnames"]
+        return ClassNames(list(data["classnames"]), list(prompts), data["path"])
+    if spec.source in builtin_classnames():
+        data = load_classnames_file(spec.source)
+        try:
+            match_labels(labels, data["classnames"], where)
+        except ValueError:
+            pass  # another label set of the same reader (e.g. sen12ms scheme=full): use the dataset's own names
+        else:
+            prompts = data["prompt_names"] if spec.prompt_names else data["classnames"]
+            return ClassNames(list(data["classnames"]), list(prompts), data["path"])
+    names = list(dataset_classnames) or sorted(set(labels))
+    match_labels(labels, names, where)
+    prompts = [pretty_classname(n) for n in names] if spec.prompt_names else names
+    return ClassNames(names, prompts, "dataset")
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class PreparedDataset:
+    """Everything a dataset's evaluation needs, built before any embedding."""
+
+    spec: DatasetSpec
+    images: Dataset  # index -> {"image": (C, S, S) [0, 1], ...}
+    captions: list[list[str]] | None  # per image, retrieval only
+    labels: list[str | None]  # per image: the scored label, or None (not scored)
+    classes: ClassNames | None  # zero-shot only
+    templates: list[str] | None  # zero-shot only
+
+    @property
+    def targets(self) -> torch.Tensor:
+        assert self.classes is not None
+        index = match_labels(sorted({x for x in self.labels if x is not None}), self.classes.names, self.spec.name)
+        return torch.tensor([index[x] if x is not None else -1 for x in self.labels], dtype=torch.long)
+
+
+def _unique(texts: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(t.strip() for t in texts if isinstance(t, str) and t.strip()))
+
+
+def _subset(count: int, max_images: int | None, seed: int) -> list[int]:
+    if max_images is None or max_images >= count:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), max_images))
+
+
+def _check_root(spec: DatasetSpec) -> None:
+    if not Path(spec.root).expanduser().exists():
+        raise FileNotFoundError(f"dataset {spec.name!r}: root {spec.root} does not exist (suites read roots under "
+                                "$SAR_DATA; set it, or override the root)")
+
+
+def _prepare_source(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
+    from lightning_sarclip.data.detection import detection_pairs
+    from lightning_sarclip.data.source_dataset import SourceDataset
+    from lightning_sarclip.data.sources import get_source
+
+    source_cls = get_source(spec.source)
+    reader = source_cls(spec.root, spec.split, **spec.source_options)
+    records = list(reader.records())
+    if source_cls.task == "detection":
+        records = list(detection_pairs(records, spec.detection))
+    records = [records[i] for i in _subset(len(records), spec.max_images, spec.seed)]
+    if not records:
+        raise ValueError(f"dataset {spec.name!r}: source {spec.source!r} at {spec.root} has no images in split "
+                         f"{spec.split!r}")
+    reader_names = list(getattr(reader, "classnames", None) or [])
+    dataset = SourceDataset(spec.source, spec.root, spec.split, image_size=image_size, in_chans=in_chans,
+                            n_captions=spec.n_captions, seed=spec.seed, policy=spec.policy,
+                            classnames=reader_names or None, records=records)
+    labels = [r.label if len(r.labels) == 1 or spec.multi_label == "skip" else (r.labels[0] if r.labels else None)
+              for r in records]
+    captions = None
+    if spec.task != "zeroshot":
+        captions = [_unique(dataset.captioner.captions(r)) for r in records]
+    return _finish(spec, dataset, captions, labels, reader_names)
+
+
+def _prepare_corpus(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
+    from lightning_sarclip.data.corpus import read_shard
+    from lightning_sarclip.data.corpus_datamodule import CorpusDataset
+
+    options = dict(spec.source_options)
+    unknown = set(options) - {"variant", "sources"}
+    if unknown:
+        raise ValueError(f"dataset {spec.name!r}: corpus options are 'variant' and 'sources', got {sorted(unknown)}")
+    corpus = CorpusDataset(spec.root, spec.split, image_size=image_size, in_chans=in_chans, augment=False,
+                           eval_captions=1, **options)
+    keep = _subset(len(corpus), spec.max_images, spec.seed)
+    corpus.items = [corpus.items[i] for i in keep]
+    shards: dict[str, Any] = {}
+    captions, labels = [], []
+    for shard, row, _, kept in corpus.items:
+        table = shards.setdefault(shard, read_shard(Path(spec.root) / "shards" / shard))
+        texts = table.column("captions")[row].as_py()
+        captions.append(_unique([texts[i] for i, _ in kept]))
+        names = table.column("labels")[row].as_py()
+        labels.append(names[0] if len(names) == 1 or (names and spec.multi_label == "first") else None)
+    return _finish(spec, corpus, captions if spec.task != "zeroshot" else None, labels, corpus.classnames)
+
+
+def _finish(spec: DatasetSpec, images: Dataset, captions: list[list[str]] | None, labels: list[str | None],
+            dataset_classnames: Sequence[str]) -> PreparedDataset:
+    classes = templates = None
+    if spec.task != "retrieval":
+        present = sorted({x for x in labels if x is not None})
+        if not present:
+            raise ValueError(f"dataset {spec.name!r}: no image has a single class label, so zero-shot cannot be "
+                             "scored (use task: retrieval, or multi_label: first)")
+        classes = resolve_classnames(spec, present, dataset_classnames)
+        if spec.present_classes_only:
+            used = set(match_labels(present, classes.names, spec.name).values())
+            keep = [i for i in range(len(classes.names)) if i in used]
+            classes = ClassNames([classes.names[i] for i in keep], [classes.prompts[i] for i in keep], classes.origin)
+        templates = get_templates(spec.templates)
+    if captions is not None:
+        empty = [i for i, c in enumerate(captions) if not c]
+        if empty:
+            raise ValueError(f"dataset {spec.name!r}: images without captions at positions {empty[:10]}")
+    return PreparedDataset(spec, images, captions, labels, classes, templates)
+
+
+def prepare_dataset(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
+    """List the dataset's images, captions and labels and resolve its class names and templates (no pixels)."""
+    _check_root(spec)
+    if spec.source == CORPUS_SOURCE:
+        return _prepare_corpus(spec, image_size, in_chans)
+    return _prepare_source(spec, image_size, in_chans)
+
+
+def check_sources(config: EvalConfig) -> None:
+    """Checks that need no model: known sources, existing roots, readable templates and class-name files."""
+    from lightning_sarclip.data.sources import get_source
+
+    for spec in config.datasets:
+        if spec.source != CORPUS_SOURCE:
+            try:
+                get_source(spec.source)
+            except ValueError as err:
+                raise ValueError(f"dataset {spec.name!r}: {err} (or '{CORPUS_SOURCE}' for a built corpus)") from None
+        _check_root(spec)
+        if spec.task != "retrieval":
+            get_templates(spec.templates)
+            if isinstance(spec.classnames, str):
+                load_classnames_file(spec.classnames)
+
+
+# ---------------------------------------------------------------------------------------------- embedding
+def _images_only(batch: list[dict[str, Any]]) -> torch.Tensor:
+    return torch.stack([item["image"] for item in batch])
+
+
+def embed_images(loaded: Any, images: Dataset, batch_size: int, num_workers: int = 0) -> torch.Tensor:
+    """``(N, D)`` L2-normalised image embeddings on the CPU, in dataset order."""
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_images_only)
+    return torch.cat([loaded.encode_image(batch).float().cpu() for batch in loader])
+
+
+def embed_texts(loaded: Any, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """``(M, D)`` L2-normalised text embeddings on the CPU."""
+    out = [loaded.encode_text(loaded.tokenizer(list(texts[i:i + batch_size]))).float().cpu()
+           for i in range(0, len(texts), batch_size)]
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def default_model_name(spec: ModelSpec, loaded_name: str) -> str:
+    """``ViT-L-14 (openai)``, ``ViT-L-14 (RemoteCLIP-ViT-L-14)``, ``quickstart/last`` for ``runs/quickstart/...``."""
+    if spec.name:
+        return spec.name
+    if not spec.pretrained:
+        return f"{loaded_name} (random init)"
+    path = Path(spec.pretrained)
+    if path.suffix == ".ckpt" and path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.stem}"
+    if spec.pretrained.startswith("hf-hub:") or path.suffix:
+        return f"{loaded_name} ({path.stem})"
+    return f"{loaded_name} ({spec.pretrained})"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z._-]+", "_", text).strip("_") or "model"
+
+
+def evaluate_dataset(loaded: Any, prepared: PreparedDataset, ks: Sequence[int], num_workers: int = 0
+                     ) -> dict[str, Any]:
+    """Embed one dataset and compute its metrics: ``{"zeroshot": {...}, "retrieval": {...}, "confusion": ...}``."""
+    spec = prepared.spec
+    image_features = embed_images(loaded, prepared.images, spec.batch_size, num_workers)
+    out: dict[str, Any] = {"num_images": int(image_features.shape[0])}
+    if prepared.classes is not None:
+        targets = prepared.targets
+        scored = targets >= 0
+        classifier = build_zeroshot_classifier(loaded.encode_text, loaded.tokenizer, prepared.classes.prompts,
+                                               prepared.templates, batch_size=max(spec.batch_size, 64),
+                                               device=loaded.device).cpu()
+        logits = zeroshot_logits(image_features[scored], classifier)
+        out["zeroshot"] = classification_metrics(logits, targets[scored], topk=(1, 3, 5))
+        out["confusion"] = confusion_matrix(logits, targets[scored], len(prepared.classes.names)).tolist()
+        out["num_scored"] = int(scored.sum())
+    if prepared.captions is not None:
+        texts = [t for caps in prepared.captions for t in caps]
+        text_to_image = torch.arange(len(prepared.captions)).repeat_interleave(
+            torch.tensor([len(c) for c in prepared.captions]))
+        text_features = embed_texts(loaded, texts, spec.batch_size)
+        out["retrieval"] = recall_at_k(image_features, text_features, text_to_image, ks=tuple(ks))
+        out["num_captions"] = len(texts)
+    return out
+
+
+def result_rows(config: EvalConfig, loaded: Any, model_label: str, prepared: PreparedDataset,
+                metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``results.jsonl`` rows of one dataset's metrics."""
+    spec = prepared.spec
+    common = {
+        "model": model_label, "checkpoint": loaded.checkpoint, "checkpoint_hash": loaded.checkpoint_hash,
+        "dataset": spec.name, "split": spec.split,
+        "config": {"model": asdict(config.model), "dataset": asdict(spec), "device": config.device,
+                   "ks": list(config.ks)},
+    }
+    extra = {"num_images": metrics["num_images"], "num_captions": metrics.get("num_captions", 0),
+             "num_classes": len(prepared.classes.names) if prepared.classes else 0, "source": spec.source,
+             "image_size": loaded.image_size, "in_chans": loaded.in_chans}
+    rows = []
+    for metric, value in metrics.get("zeroshot", {}).items():
+        rows.append({**common, "task": "zeroshot", "metric": metric, "value": value,
+                     "templates": prepared.templates, "classnames": prepared.classes.prompts,
+                     "extra": {**extra, "num_scored": metrics["num_scored"], "labels": prepared.classes.names}})
+    for metric, value in metrics.get("retrieval", {}).items():
+        rows.append({**common, "task": "retrieval", "metric": metric, "value": value, "templates": None,
+                     "classnames": None, "extra": extra})
+    return rows
+
+
+def write_side_files(output_dir: Path, model_label: str, prepared: PreparedDataset, metrics: dict[str, Any]) -> None:
+    """Class names, templates and confusion matrix next to ``results.jsonl`` (what the rows summarise)."""
+    if prepared.classes is None:
+        return
+    name = _slug(prepared.spec.name)
+    _write_json(output_dir / "classnames" / f"{name}.json",
+                {"dataset": prepared.spec.name, "classnames": prepared.classes.names,
+                 "prompt_names": prepared.classes.prompts, "source": prepared.classes.origin})
+    _write_json(output_dir / "templates" / f"{name}.json", {"templates": prepared.templates})
+    _write_json(output_dir / "confusion" / _slug(model_label) / f"{name}.json",
+                {"model": model_label, "dataset": prepared.spec.name, "split": prepared.spec.split,
+                 "classnames": prepared.classes.names, "rows": "true class", "columns": "predicted class",
+                 "matrix": metrics["confusion"]})
+
+
+def summary_table(results: list[tuple[str, str, dict[str, Any]]]) -> str:
+    """Fixed-width table: dataset, task, images, then metrics in percent."""
+    columns = ["top1", "top5", "mean_per_class", "i2t_R@1", "t2i_R@1", "mean_recall"]
+    header = f"{'dataset':<20} {'task':<10} {'images':>7} " + " ".join(f"{c:>14}" for c in columns)
+    lines = [header, "-" * len(header)]
+    for name, task, metrics in results:
+        values = {**metrics.get("zeroshot", {}), **metrics.get("retrieval", {})}
+        cells = []
+        for column in columns:
+            value = values.get(column)
+            cells.append(f"{'-':>14}" if value is None or math.isnan(value) else f"{100 * value:14.2f}")
+        lines.append(f"{name[:20]:<20} {task:<10} {metrics['num_images']:>7} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def run(config: EvalConfig) -> list[dict[str, Any]]:
+    """Check everything, load the model, prepare every dataset, then embed and write rows dataset by dataset."""
+    from lightning_sarclip.eval.loading import load_model
+
+    check_sources(config)
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = config.model
+    loaded = load_model(spec.model_name, spec.pretrained, in_chans=spec.in_chans, channel_mode=spec.channel_mode,
+                        image_size=spec.image_size, image_mean=spec.image_mean, image_std=spec.image_std,
+                        device=device)
+    model_label = default_model_name(spec, loaded.name)
+    prepared = [prepare_dataset(d, loaded.image_size, loaded.in_chans) for d in config.datasets]
+    output = Path(config.output)
+    all_rows: list[dict[str, Any]] = []
+    summary = []
+    for item in prepared:
+        log.info("evaluate: %s on %s (%s, %d images)", model_label, item.spec.name, item.spec.task, len(item.images))
+        metrics = evaluate_dataset(loaded, item, config.ks, config.num_workers)
+        rows = result_rows(config, loaded, model_label, item, metrics)
+        append_results(output, rows)
+        write_side_files(output.parent, model_label, item, metrics)
+        all_rows.extend(rows)
+        summary.append((item.spec.name, item.spec.task, metrics))
+    print(f"{model_label} ({loaded.checkpoint or 'no checkpoint'}) -> {output}")
+    print(summary_table(summary))
+    return all_rows
+
+
+def main(args: list[str]) -> list[dict[str, Any]]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return run(config_from_args(args))
