@@ -172,6 +172,11 @@ def test_quickstart_suite_end_to_end(trained_checkpoint: Path, tmp_path: Path, c
     assert json.loads((results.parent / "templates" / "synthetic_test.json").read_text())["templates"] == \
         get_templates("sar")
     assert "synthetic_test" in capsys.readouterr().out
+    from PIL import Image
+
+    for kind in ("confusion", "tsne", "retrieval_i2t"):
+        with Image.open(results.parent / "figures" / "quickstart" / f"synthetic_test_{kind}.png") as figure:
+            assert figure.size[0] > 300 and figure.size[1] > 300
 
 
 def test_class_folder_zeroshot_and_retrieval_match_a_direct_computation(

@@ -131,6 +131,8 @@ class EvalConfig:
     device: str = "cpu"
     num_workers: int = 0
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    figures: bool = True
+    max_tsne_points: int = 2000
 
 
 def config_from_args(args: list[str]) -> EvalConfig:
@@ -455,6 +457,7 @@ def evaluate_dataset(loaded: Any, prepared: PreparedDataset, ks: Sequence[int], 
                                                prepared.templates, batch_size=max(spec.batch_size, 64),
                                                device=loaded.device).cpu()
         logits = zeroshot_logits(image_features[scored], classifier)
+        out["_scored"] = (image_features[scored], targets[scored])
         out["zeroshot"] = classification_metrics(logits, targets[scored], topk=(1, 3, 5))
         out["confusion"] = confusion_matrix(logits, targets[scored], len(prepared.classes.names)).tolist()
         out["num_scored"] = int(scored.sum())
@@ -465,6 +468,7 @@ def evaluate_dataset(loaded: Any, prepared: PreparedDataset, ks: Sequence[int], 
         text_features = embed_texts(loaded, texts, spec.batch_size)
         out["retrieval"] = recall_at_k(image_features, text_features, text_to_image, ks=tuple(ks))
         out["num_captions"] = len(texts)
+        out["_retrieval"] = (image_features, text_features, texts, text_to_image)
     return out
 
 
@@ -507,6 +511,43 @@ def write_side_files(output_dir: Path, model_label: str, prepared: PreparedDatas
                  "matrix": metrics["confusion"]})
 
 
+def write_figures(output_dir: Path, model_label: str, prepared: PreparedDataset, metrics: dict[str, Any],
+                  max_tsne_points: int = 2000, seed: int = 0) -> list[Path]:
+    """Confusion matrix, t-SNE of the image embeddings by class, and image->text retrieval examples (PNG)."""
+    from lightning_sarclip.eval.figures import (
+        confusion_matrix_figure,
+        retrieval_examples_figure,
+        retrieval_positives,
+        tsne_figure,
+    )
+
+    folder = output_dir / "figures" / _slug(model_label)
+    name = _slug(prepared.spec.name)
+    written: list[Path] = []
+    if "confusion" in metrics:
+        path = folder / f"{name}_confusion.png"
+        confusion_matrix_figure(torch.tensor(metrics["confusion"]), prepared.classes.names,
+                                title=f"{model_label} on {prepared.spec.name} (zero-shot)", path=path)
+        written.append(path)
+        features, targets = metrics["_scored"]
+        if len(features) >= 5:
+            keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:max_tsne_points]
+            path = folder / f"{name}_tsne.png"
+            tsne_figure(features[keep], targets[keep], prepared.classes.names, seed=seed, num_threads=1,
+                        perplexity=min(30.0, len(keep) - 1.0), path=path)
+            written.append(path)
+    if "_retrieval" in metrics:
+        image_features, text_features, texts, text_to_image = metrics["_retrieval"]
+        queries = list(range(min(6, len(image_features))))
+        images = [prepared.images[i]["image"] for i in queries]
+        path = folder / f"{name}_retrieval_i2t.png"
+        retrieval_examples_figure(images, texts, image_features[queries] @ text_features.T, k=5,
+                                  positives=retrieval_positives(text_to_image, "i2t")[: len(queries)],
+                                  title=f"{model_label}: image -> text on {prepared.spec.name}", path=path)
+        written.append(path)
+    return written
+
+
 def summary_table(results: list[tuple[str, str, dict[str, Any]]]) -> str:
     """Fixed-width table: dataset, task, images, then metrics in percent."""
     columns = ["top1", "top5", "mean_per_class", "i2t_R@1", "t2i_R@1", "mean_recall"]
@@ -545,6 +586,9 @@ def run(config: EvalConfig) -> list[dict[str, Any]]:
         rows = result_rows(config, loaded, model_label, item, metrics)
         append_results(output, rows)
         write_side_files(output.parent, model_label, item, metrics)
+        if config.figures:
+            for path in write_figures(output.parent, model_label, item, metrics, config.max_tsne_points):
+                log.info("evaluate: figure %s", path)
         all_rows.extend(rows)
         summary.append((item.spec.name, item.spec.task, metrics))
     print(f"{model_label} ({loaded.checkpoint or 'no checkpoint'}) -> {output}")
