@@ -206,3 +206,23 @@ def test_class_folder_zeroshot_and_retrieval_match_a_direct_computation(
     assert rows[0]["classnames"] == prompts and rows[0]["extra"]["labels"] == ["BMP2", "Tanker", "bulk_carrier"]
     retrieval = next(r for r in rows if r["task"] == "retrieval")
     assert retrieval["extra"]["num_captions"] <= 2 * len(data)
+
+
+def test_probes_train_on_the_train_split_and_write_rows(trained_checkpoint: Path, tmp_path: Path) -> None:
+    from lightning_sarclip.cli import main
+
+    suite = _suite(tmp_path, [{"name": "chips", "source": "class_folder", "root": str(CLASS_FOLDER),
+                               "split": "test", "task": "zeroshot", "batch_size": 4,
+                               "probes": ["linear", "knn", "kshot"], "kshot_shots": [1, 2]}],
+                   model={"pretrained": str(trained_checkpoint), "name": "ours"})
+    main(["evaluate", "--config", str(suite), "--figures", "false"])
+    rows = read_results(tmp_path / "out" / "results.jsonl")
+    tasks = {(r["task"], r["metric"]) for r in rows}
+    assert {("linear_probe", "top1"), ("knn", "top1"), ("kshot", "1shot_top1"), ("kshot", "2shot_top1")} <= tasks
+    probe = next(r for r in rows if r["task"] == "linear_probe" and r["metric"] == "top1")
+    assert probe["extra"]["train_split"] == "train" and probe["extra"]["num_train"] > 0
+    assert 0.0 <= probe["value"] <= 1.0
+    bad = _suite(tmp_path, [{"name": "chips", "source": "class_folder", "root": str(CLASS_FOLDER),
+                             "probes": ["svm"]}])
+    with pytest.raises(ValueError, match="unknown probes"):
+        main(["evaluate", "--config", str(bad)])

@@ -28,7 +28,7 @@ import os
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ class DatasetSpec:
         max_images: evaluate a seeded random subset of this many images.
         batch_size: images (and captions) per forward pass.
         seed: seed of the subset and of generated captions.
+        probes: frozen-feature probes to run besides zero-shot: ``linear`` (logistic regression, C chosen on a
+            validation part of the train split), ``knn`` (k=20 cosine), ``kshot`` (linear probe on
+            ``kshot_shots`` examples per class, 3 trials); trained on ``probe_train_split`` of the same source.
     """
 
     name: str
@@ -118,6 +121,9 @@ class DatasetSpec:
     n_captions: int = 5
     max_images: int | None = None
     batch_size: int = 64
+    probes: list[str] = field(default_factory=list)
+    probe_train_split: str = "train"
+    kshot_shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     seed: int = 0
 
 
@@ -397,6 +403,11 @@ def check_sources(config: EvalConfig) -> None:
             get_templates(spec.templates)
             if isinstance(spec.classnames, str):
                 load_classnames_file(spec.classnames)
+        unknown = set(spec.probes) - set(PROBES)
+        if unknown:
+            raise ValueError(f"dataset {spec.name!r}: unknown probes {sorted(unknown)}; expected {PROBES}")
+        if spec.probes and spec.task == "retrieval":
+            raise ValueError(f"dataset {spec.name!r}: probes need class labels (task zeroshot or both)")
 
 
 # ---------------------------------------------------------------------------------------------- embedding
@@ -493,6 +504,12 @@ def result_rows(config: EvalConfig, loaded: Any, model_label: str, prepared: Pre
     for metric, value in metrics.get("retrieval", {}).items():
         rows.append({**common, "task": "retrieval", "metric": metric, "value": value, "templates": None,
                      "classnames": None, "extra": extra})
+    for task, values in metrics.get("probes", {}).items():
+        for metric, value in values.items():
+            rows.append({**common, "task": task, "metric": metric, "value": value, "templates": None,
+                         "classnames": prepared.classes.names,
+                         "extra": {**extra, "train_split": spec.probe_train_split,
+                                   "num_train": metrics.get("num_probe_train")}})
     return rows
 
 
@@ -509,6 +526,45 @@ def write_side_files(output_dir: Path, model_label: str, prepared: PreparedDatas
                 {"model": model_label, "dataset": prepared.spec.name, "split": prepared.spec.split,
                  "classnames": prepared.classes.names, "rows": "true class", "columns": "predicted class",
                  "matrix": metrics["confusion"]})
+
+
+PROBES = ("linear", "knn", "kshot")
+
+
+def probe_dataset(loaded: Any, prepared: PreparedDataset, metrics: dict[str, Any], num_workers: int = 0,
+                  ) -> dict[str, dict[str, float]]:
+    """Linear / kNN / k-shot probes on frozen image features: train split of the same source -> this split."""
+    from lightning_sarclip.eval.probes import knn_classify, kshot_probe, linear_probe
+
+    spec = prepared.spec
+    unknown = set(spec.probes) - set(PROBES)
+    if unknown:
+        raise ValueError(f"dataset {spec.name!r}: unknown probes {sorted(unknown)}; expected {PROBES}")
+    if not spec.probes:
+        return {}
+    if prepared.classes is None:
+        raise ValueError(f"dataset {spec.name!r}: probes need class labels (task zeroshot or both)")
+    train_spec = replace(spec, split=spec.probe_train_split, task="zeroshot", max_images=None, probes=[])
+    train = prepare_dataset(train_spec, loaded.image_size, loaded.in_chans)
+    index = match_labels(sorted({x for x in train.labels if x is not None}), prepared.classes.names, spec.name)
+    train_targets = torch.tensor([index[x] if x is not None else -1 for x in train.labels])
+    train_features = embed_images(loaded, train.images, spec.batch_size, num_workers)[train_targets >= 0]
+    train_targets = train_targets[train_targets >= 0]
+    test_features, test_targets = metrics["_scored"]
+    num_classes = len(prepared.classes.names)
+    out: dict[str, dict[str, float]] = {}
+    if "linear" in spec.probes:
+        result = linear_probe(train_features, train_targets, test_features, test_targets, num_classes=num_classes)
+        out["linear_probe"] = {"top1": result["top1"], "mean_per_class": result["mean_per_class"]}
+    if "knn" in spec.probes:
+        result = knn_classify(train_features, train_targets, test_features, test_targets, num_classes=num_classes)
+        out["knn"] = {"top1": result["top1"], "mean_per_class": result["mean_per_class"]}
+    if "kshot" in spec.probes:
+        result = kshot_probe(train_features, train_targets, test_features, test_targets,
+                             shots=tuple(spec.kshot_shots), num_classes=num_classes)
+        out["kshot"] = {f"{k}shot_{m}": float(v[m]) for k, v in result.items() for m in ("top1", "mean_per_class")}
+    metrics["num_probe_train"] = int(len(train_targets))
+    return out
 
 
 def write_figures(output_dir: Path, model_label: str, prepared: PreparedDataset, metrics: dict[str, Any],
@@ -583,6 +639,7 @@ def run(config: EvalConfig) -> list[dict[str, Any]]:
     for item in prepared:
         log.info("evaluate: %s on %s (%s, %d images)", model_label, item.spec.name, item.spec.task, len(item.images))
         metrics = evaluate_dataset(loaded, item, config.ks, config.num_workers)
+        metrics["probes"] = probe_dataset(loaded, item, metrics, config.num_workers)
         rows = result_rows(config, loaded, model_label, item, metrics)
         append_results(output, rows)
         write_side_files(output.parent, model_label, item, metrics)
