@@ -226,3 +226,27 @@ def test_probes_train_on_the_train_split_and_write_rows(trained_checkpoint: Path
                              "probes": ["svm"]}])
     with pytest.raises(ValueError, match="unknown probes"):
         main(["evaluate", "--config", str(bad)])
+
+
+def test_wise_ft_path_ends_at_both_models(trained_checkpoint: Path, tmp_path: Path) -> None:
+    from lightning_sarclip.cli import main
+    from lightning_sarclip.eval.loading import load_model
+
+    # The "zero-shot" weights: the same architecture with other (random) weights, saved as a plain file.
+    zeroshot = load_model(TEST_ARCH).model
+    path = tmp_path / "zeroshot.pt"
+    torch.save(zeroshot.state_dict(), path)
+    datasets = [{"name": "chips", "source": "class_folder", "root": str(CLASS_FOLDER), "split": "test",
+                 "task": "zeroshot", "batch_size": 4}]
+    suite = _suite(tmp_path, datasets, model={"pretrained": str(trained_checkpoint), "name": "ft",
+                                              "wiseft_from": str(path), "wiseft_alphas": [0.0, 0.5, 1.0]})
+    main(["evaluate", "--config", str(suite), "--figures", "false"])
+    rows = {(r["task"], r["metric"]): r["value"] for r in read_results(tmp_path / "out" / "results.jsonl")}
+    assert rows[("wiseft", "top1@alpha=1")] == pytest.approx(rows[("zeroshot", "top1")])
+    # alpha = 0 is the zero-shot model: evaluate it directly for comparison.
+    (tmp_path / "z").mkdir()
+    direct = _suite(tmp_path / "z", datasets, model={"model_name": TEST_ARCH, "pretrained": str(path), "name": "zs"})
+    main(["evaluate", "--config", str(direct), "--figures", "false"])
+    zs = {(r["task"], r["metric"]): r["value"] for r in read_results(tmp_path / "z" / "out" / "results.jsonl")}
+    assert rows[("wiseft", "top1@alpha=0")] == pytest.approx(zs[("zeroshot", "top1")])
+    assert ("wiseft", "mean_per_class@alpha=0.5") in rows

@@ -62,6 +62,9 @@ class ModelSpec:
         name: the model's name in results and reports (default: derived from ``model_name`` and ``pretrained``).
         in_chans, channel_mode, image_size, image_mean, image_std: SAR input settings (default: the
             checkpoint's, else 1 channel and the architecture's).
+        wiseft_from: the zero-shot weights (open_clip tag or file of the same architecture) to interpolate
+            with ``pretrained`` (the fine-tuned ones) for WiSE-FT; every dataset is then also evaluated at each
+            of ``wiseft_alphas`` (0 = zero-shot weights, 1 = fine-tuned), as ``task: wiseft`` rows.
     """
 
     model_name: str | None = None
@@ -72,6 +75,8 @@ class ModelSpec:
     image_size: int | None = None
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
+    wiseft_from: str | None = None
+    wiseft_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
 @dataclass
@@ -604,6 +609,36 @@ def write_figures(output_dir: Path, model_label: str, prepared: PreparedDataset,
     return written
 
 
+def run_wise_ft(config: EvalConfig, loaded: Any, model_label: str, prepared: list[PreparedDataset]
+                ) -> list[dict[str, Any]]:
+    """Evaluate every dataset along the WiSE-FT path between ``wiseft_from`` and the evaluated weights."""
+    from lightning_sarclip.eval.loading import load_model
+    from lightning_sarclip.eval.probes import evaluate_wise_ft
+
+    spec = config.model
+    zeroshot = load_model(loaded.name, spec.wiseft_from, in_chans=loaded.in_chans, channel_mode=spec.channel_mode,
+                          image_size=loaded.image_size, image_mean=spec.image_mean, image_std=spec.image_std)
+    finetuned_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+    rows: list[dict[str, Any]] = []
+
+    def evaluate_all(model: Any) -> dict[str, Any]:
+        return {item.spec.name: evaluate_dataset(loaded, item, config.ks, config.num_workers) for item in prepared}
+
+    points = evaluate_wise_ft(loaded.model, zeroshot.model.state_dict(), finetuned_state,
+                              [float(a) for a in spec.wiseft_alphas], evaluate_all)
+    for point in points:
+        alpha = point["alpha"]
+        for item in prepared:
+            metrics = point[item.spec.name]
+            values = {**metrics.get("zeroshot", {}), **metrics.get("retrieval", {})}
+            for base in result_rows(config, loaded, model_label, item, {**metrics, "probes": {}}):
+                if base["metric"] in values:
+                    rows.append({**base, "task": "wiseft", "metric": f"{base['metric']}@alpha={alpha:g}",
+                                 "extra": {**base["extra"], "alpha": alpha, "wiseft_from": spec.wiseft_from}})
+    append_results(Path(config.output), rows)
+    return rows
+
+
 def summary_table(results: list[tuple[str, str, dict[str, Any]]]) -> str:
     """Fixed-width table: dataset, task, images, then metrics in percent."""
     columns = ["top1", "top5", "mean_per_class", "i2t_R@1", "t2i_R@1", "mean_recall"]
@@ -648,6 +683,8 @@ def run(config: EvalConfig) -> list[dict[str, Any]]:
                 log.info("evaluate: figure %s", path)
         all_rows.extend(rows)
         summary.append((item.spec.name, item.spec.task, metrics))
+    if spec.wiseft_from:
+        all_rows.extend(run_wise_ft(config, loaded, model_label, prepared))
     print(f"{model_label} ({loaded.checkpoint or 'no checkpoint'}) -> {output}")
     print(summary_table(summary))
     return all_rows
