@@ -116,3 +116,20 @@ def test_report_needs_rows(tmp_path: Path) -> None:
     bad.write_text(json.dumps(_rows("m", "d", "zeroshot", {"top1": 0.1})[0]) + "\n{oops\n")
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         rp.main(["--results", str(bad), "--out", str(tmp_path / "r")])
+
+
+def test_probe_and_wise_ft_rows_get_their_own_tables(tmp_path):
+    from lightning_sarclip.eval.report import write_report
+    from lightning_sarclip.eval.results import make_row
+
+    rows = [make_row(model="m", dataset="mstar", split="test", task="kshot", metric=f"{k}shot_top1", value=v)
+            for k, v in ((16, 0.9), (2, 0.5), (1, 0.3))]
+    rows += [make_row(model="m", dataset="mstar", split="test", task="wiseft", metric="top1@alpha=0.5", value=0.61),
+             make_row(model="m", dataset="mstar", split="test", task="linear_probe", metric="top1", value=0.8)]
+    written = write_report(rows, tmp_path)
+    kshot = (tmp_path / "k_shot_linear_probe.md").read_text()
+    assert kshot.index("1shot_top1") < kshot.index("2shot_top1") < kshot.index("16shot_top1")
+    assert "30.00" in kshot and "90.00" in kshot
+    assert "61.00" in (tmp_path / "wise_ft.md").read_text()
+    assert "80.00" in (tmp_path / "linear_probe.csv").read_text()
+    assert {"k_shot_linear_probe", "wise_ft", "linear_probe", "report"} <= set(written)

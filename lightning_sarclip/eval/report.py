@@ -206,6 +206,34 @@ def zeroshot_table(rows: Sequence[dict[str, Any]], published: Sequence[Published
                  ["Model", "Result", *[datasets[c] for c in columns], "Source"], body, notes)
 
 
+TASK_TITLES = {"linear_probe": "Linear probe", "knn": "kNN (k=20)", "kshot": "k-shot linear probe",
+               "wiseft": "WiSE-FT (zero-shot -> fine-tuned weights)"}
+
+
+def task_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[Table]:
+    """One table per task: rows = (model, dataset), columns = that task's metrics (probes, WiSE-FT), in %."""
+    tables = []
+    for task in tasks:
+        task_rows = [r for r in rows if r["task"] == task]
+        if not task_rows:
+            continue
+        models, datasets = model_labels(task_rows), dataset_labels(task_rows)
+        metrics = sorted({r["metric"] for r in task_rows}, key=_metric_order)
+        values: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in task_rows:
+            key = (models[(row["model"], row.get("checkpoint_hash"))], datasets[(row["dataset"], row["split"])])
+            values.setdefault(key, {})[row["metric"]] = row["value"]
+        body = [[model, dataset, *[_percent(cells.get(m)) for m in metrics]] for (model, dataset), cells in values.items()]
+        tables.append(Table(f"{TASK_TITLES.get(task, task)} (%)", ["Model", "Dataset", *metrics], body))
+    return tables
+
+
+def _metric_order(metric: str) -> tuple:
+    """Numbers inside metric names sort numerically: 1shot < 2shot < 16shot, alpha=0.25 < alpha=1."""
+    return tuple(float(part) if re.fullmatch(r"\d+(\.\d+)?", part) else part
+                 for part in re.split(r"(\d+(?:\.\d+)?)", metric) if part)
+
+
 # ---------------------------------------------------------------------------------------------- output
 def _write_csv(path: Path, tables: Sequence[Table], with_title: bool) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
@@ -248,8 +276,14 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | os.PathLike, zerosho
         written["zeroshot"] = out / "zeroshot.md"
         sections.append(text)
     others = sorted({r["task"] for r in rows} - {"retrieval", "zeroshot"})
-    footer = f"\nRows of other tasks ({', '.join(others)}) are not tabulated here.\n" if others else ""
-    (out / "report.md").write_text("# Evaluation report\n\n" + "\n".join(sections) + footer, encoding="utf-8")
+    for table in task_tables(rows, others):
+        name = re.sub(r"[^0-9A-Za-z]+", "_", table.title.split(" (")[0].lower()).strip("_")
+        text = table.markdown()
+        (out / f"{name}.md").write_text(text, encoding="utf-8")
+        _write_csv(out / f"{name}.csv", [table], with_title=False)
+        written[name] = out / f"{name}.md"
+        sections.append(text)
+    (out / "report.md").write_text("# Evaluation report\n\n" + "\n".join(sections), encoding="utf-8")
     written["report"] = out / "report.md"
     return written
 
