@@ -92,7 +92,7 @@ def test_report_cli_writes_markdown_and_csv(tmp_path: Path, capsys) -> None:
     out = tmp_path / "reports"
     main(["report", "--results", str(results), "--out", str(out)])
     assert {p.name for p in out.iterdir()} == {"report.md", "retrieval.md", "retrieval.csv", "zeroshot.md",
-                                               "zeroshot.csv"}
+                                               "zeroshot.csv", "k_shot_linear_probe.md", "k_shot_linear_probe.csv"}
     with open(out / "zeroshot.csv", newline="") as handle:
         table = list(csv.reader(handle))
     assert table == [["Model", "Result", "sample_real", "Source"], ["ours", "ours", "50.00", ""]]
@@ -103,7 +103,7 @@ def test_report_cli_writes_markdown_and_csv(tmp_path: Path, capsys) -> None:
     remote = next(r for r in retrieval if r["Model"] == "RemoteCLIP ViT-L-14")
     assert remote["Mean recall"] == "54.68" and "table-2" in remote["Source"]
     report = (out / "report.md").read_text()
-    assert "kshot" in report and "| ours | ours | 50.00 |" in report
+    assert "k-shot linear probe" in report and "| ours | ours | 50.00 |" in report
     assert "Evaluation report" in capsys.readouterr().out
 
 
