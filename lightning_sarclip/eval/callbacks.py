@@ -1,12 +1,18 @@
 """Evaluation during ``fit``/``validate``/``test``: image-text retrieval and zero-shot classification.
 
-:class:`RetrievalZeroShotCallback` collects the features that ``SARCLIPModule.validation_step`` (and
-``test_step``) return, gathers them from every rank, drops the duplicates a ``DistributedSampler`` pads with
-(by sample ``index``), and computes with the plain functions of :mod:`lightning_sarclip.eval`:
+:class:`RetrievalZeroShotCallback` feeds the features that ``SARCLIPModule.validation_step`` (and ``test_step``)
+return into the metrics of :mod:`lightning_sarclip.eval.metrics`, which gather them from every rank, drop the
+duplicates a ``DistributedSampler`` pads with (by sample ``index``) and call the plain functions of
+:mod:`lightning_sarclip.eval`:
 
 * ``<stage>/i2t_R@K``, ``<stage>/t2i_R@K``, ``<stage>/mean_recall`` (all captions of each image count);
 * ``<stage>/zeroshot_top1`` (and ``top3``/``top5`` where there are enough classes) and
   ``<stage>/zeroshot_mean_per_class``, from prompts built of the datamodule's ``classnames`` and a template set.
+
+:class:`EvalSuiteCallback` evaluates further datasets (any registered source, read with
+:class:`~lightning_sarclip.data.source_dataset.SourceDataset`) at the end of validation during ``fit``, each
+rank on its shard, and logs ``val/<dataset>/<metric>``: held-out SAR benchmarks tracked while training, which is
+how forgetting of zero-shot ability shows up early.
 
 Metrics go to every logger (TensorBoard) and, at the end of ``fit``, ``validate`` and ``test``, are printed as
 a table.
@@ -14,17 +20,23 @@ a table.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_sarclip.eval.classification import classification_metrics
-from lightning_sarclip.eval.retrieval import chance_recall_at_k, recall_at_k
+from lightning_sarclip.data.datamodules import CaptionCollate
+from lightning_sarclip.data.source_dataset import SourceDataset
+from lightning_sarclip.eval.metrics import RetrievalRecall, ZeroShotAccuracy
+from lightning_sarclip.eval.retrieval import chance_recall_at_k
 from lightning_sarclip.eval.templates import get_templates
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
+
+log = logging.getLogger(__name__)
 
 
 def format_table(metrics: dict[str, float], title: str) -> str:
@@ -37,6 +49,75 @@ def format_table(metrics: dict[str, float], title: str) -> str:
         shown = f"{100 * value:8.2f}" if not key.endswith("loss") else f"{value:8.4f}"
         lines.append(f"{key.ljust(width)}  {shown}")
     return "\n".join(lines)
+
+
+class FeatureMetrics:
+    """Retrieval and zero-shot metrics of one evaluation pass, fed batch by batch (one place for the DDP logic).
+
+    Holds a :class:`~lightning_sarclip.eval.metrics.RetrievalRecall` and, when a zero-shot classifier is given,
+    a :class:`~lightning_sarclip.eval.metrics.ZeroShotAccuracy`; the metrics gather across ranks and drop
+    sampler padding by sample index. ``compute(prefix)`` returns ``{prefix}/<metric>`` keys plus the chance
+    levels ``mean_recall_chance`` and ``zeroshot_top1_chance``. Every rank must call ``compute``.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        ks: Sequence[int] = (1, 5, 10),
+        classifier: torch.Tensor | None = None,
+        retrieval: bool = True,
+    ) -> None:
+        self.ks = tuple(ks)
+        self.classifier = classifier
+        self.retrieval = RetrievalRecall(ks=self.ks).to(device) if retrieval else None
+        self.zeroshot: ZeroShotAccuracy | None = None
+        if classifier is not None:
+            # top3/top5 only where there are enough classes (CLIP_benchmark would report NaN).
+            topk = tuple(k for k in (1, 3, 5) if k <= classifier.shape[1])
+            self.zeroshot = ZeroShotAccuracy(topk=topk).to(device)
+        self.batches = 0
+
+    def update(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor | None,
+        index: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> None:
+        """``image_features`` (B, D); ``text_features`` (B, K, D) or (B * K, D); ``index``, ``labels`` (B,)."""
+        self.batches += 1
+        image_features = image_features.detach().float()
+        if self.retrieval is not None and text_features is not None:
+            self.retrieval.update(image_features, text_features.detach().float(), index)
+        if self.zeroshot is not None and labels is not None:
+            logits = zeroshot_logits(image_features, self.classifier.to(image_features.device))
+            self.zeroshot.update(logits, labels.to(logits.device), index)
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.batches == 0:
+            return metrics
+        if self.retrieval is not None and self.retrieval.update_count:
+            for key, value in self.retrieval.compute().items():
+                metrics[f"{prefix}/{key}"] = value
+            counts = [self.retrieval.captions_per_image] * self.retrieval.num_images
+            metrics[f"{prefix}/mean_recall_chance"] = chance_recall_at_k(counts, ks=self.ks)["mean_recall"]
+        if self.zeroshot is not None and self.zeroshot.update_count:
+            # Empty when no image carries a single class label (multi-label scenes, captions only).
+            zeroshot = self.zeroshot.compute()
+            for key, value in zeroshot.items():
+                metrics[f"{prefix}/zeroshot_{key}"] = value
+            if zeroshot:
+                metrics[f"{prefix}/zeroshot_top1_chance"] = 1.0 / self.classifier.shape[1]
+        return metrics
+
+
+def _sample_index(outputs: dict[str, Any], trainer: pl.Trainer, seen: int) -> torch.Tensor:
+    """The batch's ``index``; without one, indices unique across ranks (so nothing is dropped as padding)."""
+    if "index" in outputs:
+        return torch.as_tensor(outputs["index"]).long()
+    size = outputs["image_features"].shape[0]
+    return torch.arange(seen, seen + size) * trainer.world_size + trainer.global_rank
 
 
 class RetrievalZeroShotCallback(pl.Callback):
@@ -66,8 +147,8 @@ class RetrievalZeroShotCallback(pl.Callback):
         self.zeroshot = zeroshot
         self.retrieval = retrieval
         self.print_table = print_table
-        self._buffer: list[dict[str, torch.Tensor]] = []
-        self._classifier: torch.Tensor | None = None
+        self._metrics: FeatureMetrics | None = None
+        self._seen = 0
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     # ------------------------------------------------------------------ collection
@@ -79,67 +160,35 @@ class RetrievalZeroShotCallback(pl.Callback):
         return True
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._buffer = []
-        self._classifier = None
+        self._metrics, self._seen = None, 0
+        if not self._active(trainer):
+            return
+        classifier = None
         classnames = getattr(trainer.datamodule, "classnames", None) if trainer.datamodule is not None else None
-        if self.zeroshot and classnames and self._active(trainer):
+        if self.zeroshot and classnames:
             with torch.no_grad():
-                self._classifier = build_zeroshot_classifier(
+                classifier = build_zeroshot_classifier(
                     pl_module.encode_text, pl_module.tokenizer, classnames, self.templates, device=pl_module.device
                 )
+        self._metrics = FeatureMetrics(pl_module.device, self.ks, classifier, retrieval=self.retrieval)
 
     def _collect(self, trainer: pl.Trainer, outputs: Any) -> None:
-        if not self._active(trainer) or not isinstance(outputs, dict) or "image_features" not in outputs:
+        if self._metrics is None or not isinstance(outputs, dict) or "image_features" not in outputs:
             return
-        self._buffer.append({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in outputs.items()})
-
-    def _gather(self, pl_module: pl.LightningModule, tensor: torch.Tensor) -> torch.Tensor:
-        if pl_module.trainer.world_size == 1:
-            return tensor
-        gathered = pl_module.all_gather(tensor)  # (world, N, ...) ; every rank holds the same number of rows
-        return gathered.flatten(0, 1)
+        index = _sample_index(outputs, trainer, self._seen)
+        self._seen += index.shape[0]
+        image = outputs["image_features"]
+        text = outputs["text_features"].reshape(image.shape[0], outputs["captions_per_image"], -1)
+        self._metrics.update(image, text, index.to(image.device), outputs.get("label"))
 
     def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
-        if not self._buffer:
-            return {}
-        k = self._buffer[0]["captions_per_image"]
-        image = torch.cat([b["image_features"] for b in self._buffer]).float()
-        text = torch.cat([b["text_features"] for b in self._buffer]).float().view(image.shape[0], k, -1)
-        n = image.shape[0]
-        index = torch.cat([b["index"] for b in self._buffer]) if "index" in self._buffer[0] else torch.arange(n)
-        labels = torch.cat([b["label"] for b in self._buffer]) if "label" in self._buffer[0] else None
-        image, text, index = (self._gather(pl_module, t.to(pl_module.device)) for t in (image, text, index))
-        if labels is not None:
-            labels = self._gather(pl_module, labels.to(pl_module.device))
-        # A DistributedSampler repeats samples to even out ranks: keep the first copy of every index.
-        order = torch.argsort(index, stable=True)
-        keep = order[torch.cat([torch.tensor([True], device=index.device), index[order][1:] != index[order][:-1]])]
-        image, text = image[keep], text[keep]
-        labels = labels[keep] if labels is not None else None
-        metrics: dict[str, float] = {}
-        if self.retrieval:
-            text_to_image = torch.arange(image.shape[0], device=image.device).repeat_interleave(k)
-            for key, value in recall_at_k(image, text.flatten(0, 1), text_to_image, ks=self.ks).items():
-                metrics[f"{stage}/{key}"] = value
-            chance = chance_recall_at_k([k] * image.shape[0], ks=self.ks)["mean_recall"]
-            metrics[f"{stage}/mean_recall_chance"] = chance
-        if self._classifier is not None and labels is not None and bool((labels >= 0).any()):
-            # Images without a single class label (multi-label scenes, captions only) carry -1: not scored.
-            labelled = labels >= 0
-            image, labels = image[labelled], labels[labelled]
-            logits = zeroshot_logits(image, self._classifier.to(image.device))
-            num_classes = self._classifier.shape[1]
-            topk = tuple(t for t in (1, 3, 5) if t <= num_classes)
-            for key, value in classification_metrics(logits, labels, topk=topk).items():
-                metrics[f"{stage}/zeroshot_{key}"] = value
-            metrics[f"{stage}/zeroshot_top1_chance"] = 1.0 / num_classes
-        return metrics
+        return self._metrics.compute(stage) if self._metrics is not None else {}
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self._active(trainer):
             return
         metrics = self._compute(trainer, pl_module, stage)
-        self._buffer = []
+        self._metrics = None
         if metrics:
             # Identical on every rank after the gather, so no sync is needed.
             pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=False)
@@ -181,3 +230,164 @@ class RetrievalZeroShotCallback(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._print("test", "Test")
+
+
+# ---------------------------------------------------------------------------------------------- eval suite
+_TASKS = {"zeroshot": (True, False), "retrieval": (False, True), "both": (True, True)}
+_DATASET_KEYS = {"name", "source", "root", "split", "task", "templates", "source_options", "n_captions",
+                 "max_images", "policy"}
+
+
+def _check_dataset_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Validate one dataset entry at construction, so a typo fails before training, not after an epoch."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"every dataset must be a dict, got {type(spec).__name__}")
+    missing = {"name", "source", "root"} - spec.keys()
+    if missing:
+        raise ValueError(f"dataset {spec.get('name', spec)!r} misses keys {sorted(missing)}")
+    unknown = spec.keys() - _DATASET_KEYS
+    if unknown:
+        raise ValueError(f"dataset {spec['name']!r} has unknown keys {sorted(unknown)}; known: {sorted(_DATASET_KEYS)}")
+    out = {"split": "test", "task": "both", "templates": None, "source_options": None, "n_captions": 5,
+           "max_images": None, "policy": None, **spec}
+    if out["task"] not in _TASKS:
+        raise ValueError(f"dataset {out['name']!r}: task must be one of {sorted(_TASKS)}, got {out['task']!r}")
+    if out["max_images"] is not None and int(out["max_images"]) < 1:
+        raise ValueError(f"dataset {out['name']!r}: max_images must be >= 1, got {out['max_images']}")
+    if out["templates"] is not None:
+        out["templates"] = get_templates(out["templates"])
+    return out
+
+
+def _even_subset(dataset: Dataset, limit: int | None) -> Dataset:
+    """At most ``limit`` items spread evenly over the dataset (class-sorted layouts keep every class)."""
+    size = len(dataset)
+    if limit is None or limit >= size:
+        return dataset
+    return Subset(dataset, [i * size // limit for i in range(limit)])
+
+
+def _model_image_size(pl_module: pl.LightningModule) -> int:
+    size = getattr(pl_module.hparams, "image_size", None) if hasattr(pl_module, "hparams") else None
+    if size is None:
+        size = getattr(getattr(getattr(pl_module, "model", None), "visual", None), "image_size", None)
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    if size is None:
+        raise ValueError("EvalSuiteCallback: cannot tell the model's input size (no image_size hparam)")
+    return int(size)
+
+
+class EvalSuiteCallback(pl.Callback):
+    """Zero-shot and retrieval metrics on extra datasets, evaluated during ``fit`` at the end of validation.
+
+    Each rank encodes its ``DistributedSampler`` shard of every dataset; the metrics gather and de-duplicate,
+    so the logged ``val/<name>/<metric>`` values equal a single-process evaluation. Datasets are read once
+    (on first use) at the module's ``image_size``/``in_chans`` and tokenised with ``pl_module.tokenizer``.
+
+    Args:
+        datasets: one dict per dataset: ``name`` (used in the metric keys), ``source`` (registered source),
+            ``root``, ``split`` (default ``test``), ``task`` (``zeroshot``, ``retrieval`` or ``both``, default),
+            optional ``templates`` (overrides the callback's), ``source_options`` (source constructor
+            arguments), ``policy`` (conversion policy), ``n_captions`` (default 5) and ``max_images`` (an evenly
+            spaced subset, to bound the cost per epoch).
+        every_n_epochs: evaluate after every N-th training epoch.
+        batch_size, num_workers: of the evaluation loaders.
+        templates: default zero-shot template set (name, JSON file or list).
+        ks: the K of recall@K.
+        print_table: print the last metrics at the end of ``fit``.
+    """
+
+    def __init__(
+        self,
+        datasets: list[dict[str, Any]],
+        every_n_epochs: int = 1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        templates: str | list[str] = "sar",
+        ks: Sequence[int] = (1, 5, 10),
+        print_table: bool = True,
+    ) -> None:
+        specs = [_check_dataset_spec(dict(d)) for d in datasets]
+        names = [s["name"] for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        if every_n_epochs < 1 or batch_size < 1 or num_workers < 0:
+            raise ValueError("every_n_epochs and batch_size must be >= 1 and num_workers >= 0")
+        self.datasets = specs
+        self.every_n_epochs = every_n_epochs
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.templates = get_templates(templates)
+        self.ks = tuple(ks)
+        self.print_table = print_table
+        self._built: dict[str, Dataset] = {}
+        self.last_metrics: dict[str, float] = {}
+
+    def _dataset(self, spec: dict[str, Any], pl_module: pl.LightningModule) -> Dataset:
+        if spec["name"] not in self._built:
+            dataset = SourceDataset(
+                spec["source"], spec["root"], split=spec["split"], image_size=_model_image_size(pl_module),
+                in_chans=int(getattr(pl_module.hparams, "in_chans", 1)), n_captions=int(spec["n_captions"]),
+                policy=spec["policy"], source_options=spec["source_options"],
+            )
+            self._built[spec["name"]] = dataset
+        return self._built[spec["name"]]
+
+    def _loader(self, dataset: Dataset, trainer: pl.Trainer, pl_module: pl.LightningModule) -> DataLoader:
+        sampler = None
+        if trainer.world_size > 1:
+            # Padded to equal shards; the metrics drop the repeated samples again by index.
+            sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                         shuffle=False)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=CaptionCollate(pl_module.tokenizer, all_captions=True))
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, spec: dict[str, Any]) -> dict[str, float]:
+        """Metrics of one dataset (keys ``val/<name>/<metric>``); a collective call under DDP."""
+        source_dataset = self._dataset(spec, pl_module)
+        zeroshot, retrieval = _TASKS[spec["task"]]
+        classifier = None
+        if zeroshot and source_dataset.classnames:
+            classifier = build_zeroshot_classifier(
+                pl_module.encode_text, pl_module.tokenizer, source_dataset.classnames,
+                spec["templates"] or self.templates, device=pl_module.device,
+            )
+        elif zeroshot:
+            log.warning("EvalSuiteCallback: %s has no class names; zero-shot skipped", spec["name"])
+        metrics = FeatureMetrics(pl_module.device, self.ks, classifier, retrieval=retrieval)
+        dataset = _even_subset(source_dataset, spec["max_images"])
+        with trainer.precision_plugin.forward_context():
+            for batch in self._loader(dataset, trainer, pl_module):
+                image = pl_module.encode_image(batch["image"].to(pl_module.device))
+                text = None
+                if retrieval:
+                    tokens = batch["text"].to(pl_module.device)
+                    text = pl_module.encode_text(tokens.flatten(0, 1)).view(tokens.shape[0], tokens.shape[1], -1)
+                metrics.update(image, text, batch["index"].to(pl_module.device), batch["label"])
+        prefix = f"val/{spec['name']}"
+        result = metrics.compute(prefix)
+        # Chance levels belong to the table, not to every logged curve of every dataset.
+        return {k: v for k, v in result.items() if not k.endswith("_chance")}
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                for spec in self.datasets:
+                    metrics = self.evaluate(trainer, pl_module, spec)
+                    # Identical on every rank after the gather, so no sync is needed.
+                    pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+                    self.last_metrics.update(metrics)
+        finally:
+            pl_module.train(was_training)
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.print_table and self.last_metrics:
+            print("\n" + format_table(self.last_metrics, "Evaluation suite"), flush=True)

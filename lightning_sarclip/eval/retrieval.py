@@ -110,6 +110,22 @@ def _as_index_tensor(text_to_image: Tensor | Sequence[int], num_texts: int, num_
     return index
 
 
+#: Rows with fewer keys than this are counted in float32, where sums of 0/1 values are exact.
+_FLOAT_COUNT_LIMIT = 2**24
+
+
+def _count_above_(scores: Tensor, threshold: Tensor) -> Tensor:
+    """Per row, how many entries of ``scores`` are strictly greater than ``threshold[row]``; clobbers ``scores``.
+
+    Why in place and in float: the ranking pass runs once per score, right after the matmul, and a fresh bool
+    mask summed into int64 (a cast copy per element) costs as much again as half the matmul on a CPU.
+    Comparing in place and summing the 0/1 floats keeps it a single cheap pass over the block.
+    """
+    if scores.shape[1] < _FLOAT_COUNT_LIMIT:
+        return scores.gt_(threshold[:, None]).sum(dim=1).long()
+    return (scores > threshold[:, None]).sum(dim=1)
+
+
 def _resolve_chunk(chunk_size: int | None, num_keys: int) -> int:
     if chunk_size is None:
         return max(1, DEFAULT_SCORE_BLOCK_BYTES // (4 * num_keys))
@@ -161,26 +177,28 @@ def retrieval_ranks(
         # image -> text: queries are images, keys are all M captions.
         i2t_ranks = torch.empty(num_images, dtype=torch.long)
         chunk = _resolve_chunk(chunk_size, num_texts)
+        block = torch.empty(min(chunk, num_images), num_texts, device=device)
         for start in range(0, num_images, chunk):
             stop = min(start + chunk, num_images)
-            scores = images[start:stop] @ texts.T  # (c, M)
+            scores = torch.mm(images[start:stop], texts.T, out=block[: stop - start])  # (c, M)
             lo, hi = int(offsets[start]), int(offsets[stop])
             cols = caption_order[lo:hi]
             rows = torch.repeat_interleave(torch.arange(stop - start, device=device), counts_dev[start:stop])
             best = torch.full((stop - start,), float("-inf"), device=device, dtype=scores.dtype)
             best = best.scatter_reduce(0, rows, scores[rows, cols], reduce="amax", include_self=True)
-            i2t_ranks[start:stop] = (scores > best[:, None]).sum(dim=1).cpu()
-            del scores
+            i2t_ranks[start:stop] = _count_above_(scores, best).cpu()
+        del block
 
         # text -> image: queries are captions, keys are all N images.
         t2i_ranks = torch.empty(num_texts, dtype=torch.long)
         chunk = _resolve_chunk(chunk_size, num_images)
+        block = torch.empty(min(chunk, num_texts), num_images, device=device)
         for start in range(0, num_texts, chunk):
             stop = min(start + chunk, num_texts)
-            scores = texts[start:stop] @ images.T  # (c, N)
-            positive = scores.gather(1, index[start:stop, None])
-            t2i_ranks[start:stop] = (scores > positive).sum(dim=1).cpu()
-            del scores
+            scores = torch.mm(texts[start:stop], images.T, out=block[: stop - start])  # (c, N)
+            positive = scores.gather(1, index[start:stop, None]).squeeze(1)
+            t2i_ranks[start:stop] = _count_above_(scores, positive).cpu()
+        del block
 
     return i2t_ranks, t2i_ranks
 
