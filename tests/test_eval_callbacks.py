@@ -91,3 +91,27 @@ def test_ddp_spawn_two_processes_log_the_single_process_values(tmp_path):
     double = _logged(_fit(tmp_path / "two", devices=2, strategy="ddp_spawn")[0])
     assert set(double) == set(single) == set(SUITE_KEYS + VAL_KEYS)
     assert double == single
+
+
+def test_confusion_matrix_figure_lands_in_the_run_dir_and_tensorboard(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_sarclip.data import SyntheticSARDataModule
+    from lightning_sarclip.eval.callbacks import RetrievalZeroShotCallback
+    from lightning_sarclip.module import SARCLIPModule
+
+    data = SyntheticSARDataModule(num_train=8, num_val=10, num_test=4, batch_size=4, image_size=32,
+                                  tokenizer="SARCLIP-ViT-Test-32")
+    module = SARCLIPModule(model_name="SARCLIP-ViT-Test-32", image_size=32)
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=1, logger=logger,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[RetrievalZeroShotCallback(figures=True, print_table=False)])
+    trainer.fit(module, data)
+    pngs = list((tmp_path / "figures").glob("val_zeroshot_confusion_step*.png"))
+    assert len(pngs) == 1
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/zeroshot_confusion" in events.Tags()["images"]

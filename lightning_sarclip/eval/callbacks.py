@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -130,6 +131,8 @@ class RetrievalZeroShotCallback(pl.Callback):
         every_n_epochs: run during ``fit`` every N epochs (``validate``/``test`` always run it).
         zeroshot, retrieval: switch either part off.
         print_table: print the metrics at the end of ``fit``, ``validate`` and ``test``.
+        figures: draw the zero-shot confusion matrix each time the metrics are computed, as a PNG in
+            ``<log dir>/figures/`` and an image in TensorBoard (tag ``<stage>/zeroshot_confusion``).
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class RetrievalZeroShotCallback(pl.Callback):
         zeroshot: bool = True,
         retrieval: bool = True,
         print_table: bool = True,
+        figures: bool = False,
     ) -> None:
         self.templates = get_templates(templates)
         self.ks = tuple(ks)
@@ -147,6 +151,7 @@ class RetrievalZeroShotCallback(pl.Callback):
         self.zeroshot = zeroshot
         self.retrieval = retrieval
         self.print_table = print_table
+        self.figures = figures
         self._metrics: FeatureMetrics | None = None
         self._seen = 0
         self.last_metrics: dict[str, dict[str, float]] = {}
@@ -188,6 +193,8 @@ class RetrievalZeroShotCallback(pl.Callback):
         if not self._active(trainer):
             return
         metrics = self._compute(trainer, pl_module, stage)
+        if self.figures and self._metrics is not None:
+            self._draw_confusion(trainer, stage, self._metrics)
         self._metrics = None
         if metrics:
             # Identical on every rank after the gather, so no sync is needed.
@@ -196,6 +203,20 @@ class RetrievalZeroShotCallback(pl.Callback):
             table = {f"{stage}/loss": float(loss)} if loss is not None else {}
             table.update(metrics)
             self.last_metrics[stage] = table
+
+    def _draw_confusion(self, trainer: pl.Trainer, stage: str, metrics: FeatureMetrics) -> None:
+        confusion = getattr(metrics.zeroshot, "confusion", None) if metrics.zeroshot is not None else None
+        if confusion is None or not trainer.is_global_zero:
+            return
+        from lightning_sarclip.eval.figures import confusion_matrix_figure, log_figure
+
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+        step = trainer.global_step
+        image = confusion_matrix_figure(
+            confusion, list(trainer.datamodule.classnames), title=f"{stage} zero-shot, step {step}",
+            path=folder / f"{stage}_zeroshot_confusion_step{step:07d}.png",
+        )
+        log_figure(trainer.loggers, f"{stage}/zeroshot_confusion", image, step)
 
     # ------------------------------------------------------------------ hooks
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -46,7 +46,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_sarclip.eval.classification import classification_metrics
+from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
 from lightning_sarclip.eval.retrieval import recall_at_k
 
 __all__ = ["RetrievalRecall", "ZeroShotAccuracy", "first_occurrences"]
@@ -203,4 +203,7 @@ class ZeroShotAccuracy(Metric):
             return {}
         keep = first_occurrences(index)
         self.num_samples = int(keep.numel())
-        return classification_metrics(dim_zero_cat(self.logits)[keep], dim_zero_cat(self.targets)[keep], self.topk)
+        logits, targets = dim_zero_cat(self.logits)[keep], dim_zero_cat(self.targets)[keep]
+        # Kept for figures: the confusion matrix of exactly the samples the accuracies count (all ranks).
+        self.confusion = confusion_matrix(logits, targets, logits.shape[1]).cpu()
+        return classification_metrics(logits, targets, self.topk)
