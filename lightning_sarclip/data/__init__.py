@@ -5,6 +5,7 @@ Importing this package makes the datamodules resolvable by short name in Lightni
 """
 
 from lightning_sarclip.data.captions import Captioner, pretty_classname
+from lightning_sarclip.data.corpus_datamodule import CorpusDataModule, CorpusDataset
 from lightning_sarclip.data.datamodules import (
     CaptionCollate,
     SARDataModule,
@@ -28,6 +29,8 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "CaptionCollate",
     "Captioner",
+    "CorpusDataModule",
+    "CorpusDataset",
     "SARDataModule",
     "SourceDataModule",
     "SourceDataset",
