@@ -27,6 +27,10 @@ from lightning_sarclip.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stage
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
 def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     """open_clip's rule: 1-D tensors (biases, norms, logit_scale) and embeddings are not decayed."""
     return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name or "logit_scale" in name or "embedding" in name
@@ -138,10 +142,28 @@ class SARCLIPModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         image_features, text_features, logit_scale = self(batch["image"], batch["text"])
         loss = self.loss_fn(image_features, text_features, logit_scale)
+        self._check_finite(loss, batch_idx)
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop on a NaN/inf loss before it reaches the weights; every rank stops together.
+
+        The error is raised before ``backward`` and the optimizer step, so the weights (and any checkpoint
+        written so far, e.g. ``last.ckpt``) are the last good ones.
+        """
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self._trainer is not None:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise NonFiniteLossError(
+                f"non-finite training loss ({float(loss.detach()):.4g} on rank {self.global_rank}) at global step "
+                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); training stopped before the "
+                "update, checkpoints written so far are intact. Lower the learning rate, check the data, or "
+                "resume from the last checkpoint."
+            )
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
         image, text = batch["image"], batch["text"]

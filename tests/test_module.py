@@ -95,3 +95,30 @@ def test_hf_hub_weights_are_read_with_the_same_loader(tmp_path, monkeypatch):
     assert calls == [("someone/remoteclip", "RemoteCLIP-test.safetensors")]
     for (name, a), b in zip(source.state_dict().items(), module.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_sarclip.module import NonFiniteLossError
+
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-4, warmup_steps=1)
+    loss_fn = module.loss_fn
+
+    class PoisonAtStep3(torch.nn.Module):
+        def forward(self, image, text, scale):
+            loss = loss_fn(image, text, scale)
+            return loss * float("nan") if module.global_step == 3 else loss
+
+    def setup(stage):
+        module.loss_fn = PoisonAtStep3()
+
+    module.setup = setup
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
+    with pytest.raises(NonFiniteLossError, match="global step 3 "):
+        _trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[checkpoint],
+                 enable_checkpointing=True).fit(module, RandomPairsDataModule())
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert all(torch.isfinite(p).all() for p in module.parameters())
