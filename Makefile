@@ -22,6 +22,7 @@ quickstart: install
 
 lint: install
 	$(VENV)/bin/ruff check lightning_sarclip tests benchmarks
+	$(VENV)/bin/hadolint Dockerfile
 
 test: install lint
 	$(PY) -m pytest -q
