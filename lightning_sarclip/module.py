@@ -36,6 +36,16 @@ def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name or "logit_scale" in name or "embedding" in name
 
 
+def compile_towers(model: torch.nn.Module) -> None:
+    """Compile the image and text towers in place (keeps state_dict keys, unlike wrapping in torch.compile)."""
+    towers = [getattr(model, "visual", None), getattr(model, "transformer", None), getattr(model, "text", None)]
+    towers = [t for t in towers if isinstance(t, torch.nn.Module)]
+    if not towers:
+        raise ValueError(f"compile: found no image/text tower to compile in {type(model).__name__}")
+    for tower in towers:
+        tower.compile()
+
+
 class SARCLIPModule(pl.LightningModule):
     """Contrastive image-text training of an open_clip model on SAR data.
 
@@ -55,6 +65,8 @@ class SARCLIPModule(pl.LightningModule):
         unfreeze: list of :class:`~lightning_sarclip.unfreeze.UnfreezeStage`; ``None`` trains everything.
         layer_decay: optional layer-wise LR decay factor in (0, 1].
         grad_checkpointing: activation checkpointing in both towers (memory for compute).
+        compile: ``torch.compile`` both towers in place (``nn.Module.compile``, so parameter names, checkpoints
+            and exports are unchanged); opt-in, it pays off on long GPU runs only.
     """
 
     def __init__(
@@ -80,6 +92,7 @@ class SARCLIPModule(pl.LightningModule):
         unfreeze: list[UnfreezeStage] | None = None,
         layer_decay: float | None = None,
         grad_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         stages = as_stages(unfreeze)
@@ -106,6 +119,8 @@ class SARCLIPModule(pl.LightningModule):
         self.input_adapter = build_input_adapter(self.model, in_chans, channel_mode, image_mean, image_std)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        if compile:
+            compile_towers(self.model)
         # Validated now, so a stage naming a group that does not exist fails before training starts.
         self.schedule = UnfreezeSchedule(self.model, stages, layer_decay)
         self.loss_fn = InfoNCELoss(local_loss=local_loss, gather_with_grad=gather_with_grad)

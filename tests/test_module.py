@@ -122,3 +122,46 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     assert last["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def _loss_and_grads(module: SARCLIPModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    module.zero_grad(set_to_none=True)
+    image_features, text_features, scale = module(batch["image"], batch["text"])
+    loss = module.loss_fn(image_features, text_features, scale)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    batch = next(iter(RandomPairsDataModule(batch_size=6).train_dataloader()))
+    torch.manual_seed(0)
+    plain = SARCLIPModule(model_name=TEST_ARCH)
+    checkpointed = SARCLIPModule(model_name=TEST_ARCH, grad_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    loss_a, grads_a = _loss_and_grads(plain.train(), batch)
+    loss_b, grads_b = _loss_and_grads(checkpointed.train(), batch)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-4, warmup_steps=1)
+    trainer = _trainer(tmp_path, precision="bf16-mixed", limit_train_batches=2)
+    trainer.fit(module, RandomPairsDataModule())
+    assert trainer.global_step == 2
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in module.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_towers_match_eager_and_keep_parameter_names():
+    batch = next(iter(RandomPairsDataModule(batch_size=4).train_dataloader()))
+    eager = SARCLIPModule(model_name=TEST_ARCH).eval()
+    compiled = SARCLIPModule(model_name=TEST_ARCH, compile=True).eval()
+    compiled.load_state_dict(eager.state_dict())
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    with torch.no_grad():
+        for a, b in zip(eager(batch["image"], batch["text"])[:2], compiled(batch["image"], batch["text"])[:2],
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
