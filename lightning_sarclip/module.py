@@ -14,6 +14,7 @@ Batches are dicts: ``image`` (B, in_chans, S, S) in [0, 1], ``text`` token ids (
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -25,6 +26,7 @@ from lightning_sarclip.models.factory import build_input_adapter, create_model
 from lightning_sarclip.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
 
 LOGIT_SCALE_MAX = math.log(100.0)
+log = logging.getLogger("lightning_sarclip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,6 +67,13 @@ class SARCLIPModule(pl.LightningModule):
         unfreeze: list of :class:`~lightning_sarclip.unfreeze.UnfreezeStage`; ``None`` trains everything.
         layer_decay: optional layer-wise LR decay factor in (0, 1].
         grad_checkpointing: activation checkpointing in both towers (memory for compute).
+        accum_freq: feature-cache accumulation (open_clip's ``--accum-freq``): one optimizer step per
+            ``accum_freq`` micro-batches, with the loss over all of them, so every sample sees
+            ``accum_freq * batch_size`` negatives per rank at the activation memory of one micro-batch (two
+            forward passes per sample). Lightning's ``accumulate_grad_batches`` does *not* do this (each
+            micro-batch sees only its own negatives). Uses manual optimisation, so clip with
+            ``grad_clip_norm`` instead of ``trainer.gradient_clip_val``.
+        grad_clip_norm: gradient-norm clipping applied by the module with ``accum_freq > 1``.
         compile: ``torch.compile`` both towers in place (``nn.Module.compile``, so parameter names, checkpoints
             and exports are unchanged); opt-in, it pays off on long GPU runs only.
     """
@@ -92,6 +101,8 @@ class SARCLIPModule(pl.LightningModule):
         unfreeze: list[UnfreezeStage] | None = None,
         layer_decay: float | None = None,
         grad_checkpointing: bool = False,
+        accum_freq: int = 1,
+        grad_clip_norm: float | None = None,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -124,6 +135,13 @@ class SARCLIPModule(pl.LightningModule):
         # Validated now, so a stage naming a group that does not exist fails before training starts.
         self.schedule = UnfreezeSchedule(self.model, stages, layer_decay)
         self.loss_fn = InfoNCELoss(local_loss=local_loss, gather_with_grad=gather_with_grad)
+        if accum_freq < 1:
+            raise ValueError(f"accum_freq must be >= 1, got {accum_freq}")
+        if grad_clip_norm is not None and accum_freq == 1:
+            raise ValueError("grad_clip_norm is for accum_freq > 1; with accum_freq 1 use trainer.gradient_clip_val")
+        # Feature-cache accumulation needs several backward passes per optimizer step: manual optimisation.
+        self.automatic_optimization = accum_freq == 1
+        self._micro_batches: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
@@ -154,7 +172,9 @@ class SARCLIPModule(pl.LightningModule):
         return self(text=text)[1]
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if not self.automatic_optimization:
+            return self._accumulated_step(batch, batch_idx)
         image_features, text_features, logit_scale = self(batch["image"], batch["text"])
         loss = self.loss_fn(image_features, text_features, logit_scale)
         self._check_finite(loss, batch_idx)
@@ -162,6 +182,40 @@ class SARCLIPModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
         return loss
+
+    def _accumulated_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """Feature-cache accumulation: exact gradient of the InfoNCE loss over ``accum_freq`` micro-batches.
+
+        1. Embed every micro-batch without gradients (the cache). 2. For each micro-batch, embed it again with
+        gradients, put it in place of its cached features and back-propagate the loss over all of them: the
+        gradients add up to the gradient of the loss over the whole accumulated batch. The temperature enters
+        with gradient in the first pass only, so it is counted once (open_clip counts it ``accum_freq`` times).
+        """
+        self._micro_batches.append(batch)
+        if len(self._micro_batches) < self.hparams.accum_freq:
+            return None
+        micro, self._micro_batches = self._micro_batches, []
+        with torch.no_grad():
+            cache = [self(mb["image"], mb["text"]) for mb in micro]
+            full_loss = self.loss_fn(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2])
+        self._check_finite(full_loss, batch_idx)
+        optimizer = self.optimizers()
+        for j, mb in enumerate(micro):
+            image_j, text_j, scale = self(mb["image"], mb["text"])
+            images = torch.cat([image_j if i == j else c[0] for i, c in enumerate(cache)])
+            texts = torch.cat([text_j if i == j else c[1] for i, c in enumerate(cache)])
+            loss = self.loss_fn(images, texts, scale if j == 0 else scale.detach())
+            self.manual_backward(loss)
+        for param in getattr(self, "_frozen_params", ()):
+            param.grad = None
+        if self.hparams.grad_clip_norm is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        size = sum(mb["image"].shape[0] for mb in micro)
+        self.log("train/loss", full_loss, prog_bar=True, batch_size=size)
+        self.log("train/logit_scale", cache[0][2], batch_size=size)
+        return full_loss
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop on a NaN/inf loss before it reaches the weights; every rank stops together.
@@ -227,7 +281,8 @@ class SARCLIPModule(pl.LightningModule):
         return torch.optim.AdamW(param_groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps)
 
     def lr_multiplier(self, step: int) -> float:
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # With manual optimisation Lightning counts batches, not optimizer steps.
+        total = max(1, int(self.trainer.estimated_stepping_batches) // self.hparams.accum_freq)
         return cosine_with_warmup(step, total, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -260,6 +315,13 @@ class SARCLIPModule(pl.LightningModule):
         # Runs before gradient clipping: frozen groups neither move nor count towards the clipping norm.
         for param in getattr(self, "_frozen_params", ()):
             param.grad = None
+
+    def on_train_epoch_end(self) -> None:
+        if self._micro_batches:
+            # Like open_clip, an incomplete group of micro-batches at the end of an epoch is not stepped on.
+            log.debug("accum_freq: dropping %d leftover micro-batch(es) at the end of epoch %d",
+                      len(self._micro_batches), self.current_epoch)
+            self._micro_batches = []
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # CLIP's temperature clamp, after the optimizer step: logit_scale.exp() stays in [1, 100].

@@ -165,3 +165,35 @@ def test_compiled_towers_match_eager_and_keep_parameter_names():
         for a, b in zip(eager(batch["image"], batch["text"])[:2], compiled(batch["image"], batch["text"])[:2],
                         strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("local_loss", [False])
+def test_feature_cache_accumulation_equals_one_big_batch(tmp_path, local_loss):
+    """accum_freq=2 at batch B takes exactly the optimizer steps of accum_freq=1 at batch 2B."""
+    pl.seed_everything(0)
+    big = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1, local_loss=local_loss)
+    small = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1, local_loss=local_loss, accum_freq=2,
+                          grad_clip_norm=1.0)
+    small.load_state_dict(big.state_dict())
+    small_start = {k: v.clone() for k, v in big.state_dict().items()}
+    _trainer(tmp_path / "a", max_epochs=2, limit_train_batches=2, gradient_clip_val=1.0).fit(
+        big, RandomPairsDataModule(n=16, batch_size=8))
+    _trainer(tmp_path / "b", max_epochs=2, limit_train_batches=4).fit(small, RandomPairsDataModule(n=16, batch_size=4))
+    assert small.global_step == big.global_step == 4
+    for (name, a), b in zip(big.state_dict().items(), small.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)  # summation order, amplified by Adam
+    # Lightning's gradient accumulation (each micro-batch sees only its own negatives) is a different step.
+    plain_accum = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1, local_loss=local_loss)
+    plain_accum.load_state_dict(small_start)
+    _trainer(tmp_path / "c", max_epochs=2, limit_train_batches=4, accumulate_grad_batches=2,
+             gradient_clip_val=1.0).fit(plain_accum, RandomPairsDataModule(n=16, batch_size=4))
+    gap = max((a - b).abs().max().item() for a, b in zip(big.state_dict().values(),
+                                                        plain_accum.state_dict().values(), strict=True))
+    assert gap > 1e-3
+
+
+def test_accumulation_settings_are_checked():
+    with pytest.raises(ValueError, match="accum_freq must be >= 1"):
+        SARCLIPModule(model_name=TEST_ARCH, accum_freq=0)
+    with pytest.raises(ValueError, match="grad_clip_norm is for accum_freq > 1"):
+        SARCLIPModule(model_name=TEST_ARCH, grad_clip_norm=1.0)
