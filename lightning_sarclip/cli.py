@@ -34,6 +34,7 @@ COMMANDS = {
     "report": "lightning_sarclip.eval.report",
     "export": "lightning_sarclip.export",
     "embed": "lightning_sarclip.embed",
+    "curriculum": "lightning_sarclip.curriculum",
 }
 
 

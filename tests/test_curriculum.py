@@ -1,0 +1,76 @@
+"""curriculum: stages run in order, each starts from the previous one's weights, finished stages are skipped."""
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_sarclip.curriculum import config_from_args, run, stage_args
+from lightning_sarclip.data.corpus import build_corpus
+from lightning_sarclip.data.corpus import config_from_args as corpus_config
+from tests.conftest import REPO_ROOT, TEST_ARCH
+
+TINY = {
+    "trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.strategy": "auto", "trainer.precision": "32-true",
+    "trainer.max_epochs": 1, "trainer.limit_train_batches": 2, "trainer.limit_val_batches": 1,
+    "trainer.enable_progress_bar": False, "model.init_args.model_name": TEST_ARCH,
+    "model.init_args.pretrained": "null",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "fixtures"
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        build_corpus(corpus_config(["--config", "experiments/corpus/fixtures.yaml", "--output", str(out)]))
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def _tiny(config, tmp_path: Path, corpus: Path):
+    config = copy.deepcopy(config)
+    config.run_root = str(tmp_path)
+    optical, sar = config.stages
+    optical.overrides.update(TINY)
+    optical.overrides["data"]["init_args"].update(
+        root=str(REPO_ROOT / "tests" / "data" / "image_caption_table"), batch_size=4, num_workers=0, image_size=32)
+    sar.overrides.update(TINY)
+    sar.overrides.pop("model.init_args.pretrained")  # stage 2 starts from stage 1
+    sar.overrides.update({"model.init_args.lr": 0.0, "data.init_args.root": str(corpus),
+                          "data.init_args.batch_size": 4, "data.init_args.num_workers": 0,
+                          "data.init_args.image_size": 32, "data.init_args.pin_memory": False})
+    return config
+
+
+def test_two_stage_curriculum_runs_hands_over_weights_and_resumes(tmp_path, corpus, monkeypatch, caplog):
+    monkeypatch.chdir(REPO_ROOT)
+    config = _tiny(config_from_args(["--config", "experiments/curriculum/two_stage_vitl14.yaml"]), tmp_path, corpus)
+    first, second = run(config)
+    optical = torch.load(first, weights_only=True)
+    sar = torch.load(second, weights_only=True)
+    assert optical["global_step"] >= 1 and sar["global_step"] >= 1
+    # Stage 2 trained with lr 0, so it ends exactly where stage 1 ended: the hand-over carried the weights.
+    for key, value in optical["state_dict"].items():
+        assert torch.equal(value, sar["state_dict"][key]), key
+    assert "--model.init_args.pretrained" in stage_args(config, 1)
+    # Repeating the command skips both finished stages.
+    caplog.set_level(logging.INFO, logger="lightning_sarclip")
+    assert run(config) == [first, second]
+    assert "stage optical already finished" in caplog.text and "stage sar already finished" in caplog.text
+    # An unfinished stage resumes from its last.ckpt.
+    (tmp_path / "two_stage_vitl14" / "sar" / "stage_done.json").unlink()
+    assert stage_args(config, 1)[-2:] == ["--ckpt_path", "last"]
+
+
+def test_stage_names_must_be_unique(tmp_path):
+    config = config_from_args(["--config", str(REPO_ROOT / "experiments/curriculum/two_stage_vitl14.yaml"),
+                               "--run_root", str(tmp_path)])
+    config.stages[1].name = config.stages[0].name
+    with pytest.raises(ValueError, match="unique"):
+        run(config)
