@@ -111,17 +111,9 @@ def run(config: CurriculumConfig) -> list[Path]:
 
 
 def config_from_args(args: list[str]) -> CurriculumConfig:
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning_sarclip.config import parse_dataclass_config
 
-    parser = ArgumentParser(prog="python -m lightning_sarclip curriculum", parser_mode="omegaconf")
-    parser.add_argument("--config", action=ActionConfigFile, help="curriculum YAML")
-    parser.add_class_arguments(CurriculumConfig, None)
-    values = parser.parse_args(args).as_dict()
-    values.pop("config", None)
-    values.pop("__path__", None)
-    stages = [s if isinstance(s, Stage) else Stage(**s) for s in values.pop("stages")]
-    return CurriculumConfig(stages=stages, **values)
-
+    return parse_dataclass_config(CurriculumConfig, args, "python -m lightning_sarclip curriculum")
 
 def main(args: list[str]) -> list[Path]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

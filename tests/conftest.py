@@ -22,3 +22,18 @@ TEST_ARCH = "SARCLIP-ViT-Test-32"
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def fixture_corpus(tmp_path_factory) -> Path:
+    """The corpus built from every source's committed fixtures (experiments/corpus/fixtures.yaml), once per session."""
+    from lightning_sarclip.data.corpus import build_corpus, config_from_args
+
+    out = tmp_path_factory.mktemp("corpus") / "fixtures"
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # the config's roots are relative to the repository
+    try:
+        build_corpus(config_from_args(["--config", "experiments/corpus/fixtures.yaml", "--output", str(out)]))
+    finally:
+        os.chdir(cwd)
+    return out

@@ -30,19 +30,19 @@ FIXTURES = REPO_ROOT / "experiments" / "corpus" / "fixtures.yaml"
 
 
 @pytest.fixture(scope="module")
-def fixture_corpus(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("corpus") / "fixtures"
+def built(fixture_corpus) -> tuple[Path, dict]:
+    """The fixtures corpus and its summary (finalising an already built corpus only re-reads it)."""
     cwd = os.getcwd()
-    os.chdir(REPO_ROOT)  # the config's roots are relative to the repository
+    os.chdir(REPO_ROOT)
     try:
-        summary = build_corpus(config_from_args(["--config", str(FIXTURES), "--output", str(out)]))
+        summary = build_corpus(config_from_args(["--config", str(FIXTURES), "--output", str(fixture_corpus)]))
     finally:
         os.chdir(cwd)
-    return out, summary
+    return fixture_corpus, summary
 
 
-def test_every_source_of_the_fixtures_config_lands_in_the_corpus(fixture_corpus):
-    out, summary = fixture_corpus
+def test_every_source_of_the_fixtures_config_lands_in_the_corpus(built):
+    out, summary = built
     configured = {s["name"] for s in yaml.safe_load(FIXTURES.read_text())["sources"]}
     manifest = pq.read_table(out / "manifest.parquet").to_pandas()
     assert set(manifest.source) == configured
@@ -61,8 +61,8 @@ def test_every_source_of_the_fixtures_config_lands_in_the_corpus(fixture_corpus)
     assert {"general", "complex", "absolute", "relative", "source"} <= set(manifest.caption_style)
 
 
-def test_no_image_of_a_test_split_reaches_train(fixture_corpus):
-    out, _ = fixture_corpus
+def test_no_image_of_a_test_split_reaches_train(built):
+    out, _ = built
     kept = pq.read_table(out / "manifest.parquet").to_pandas().query("status == 'kept'")
     test_hashes = set(kept.query("split == 'test'").image_hash)
     assert not test_hashes & set(kept.query("split != 'test'").image_hash)
@@ -70,8 +70,8 @@ def test_no_image_of_a_test_split_reaches_train(fixture_corpus):
     assert not test_groups & set(kept.query("split != 'test'").group)
 
 
-def test_held_out_variants_hold_nothing_of_the_held_out_source(fixture_corpus):
-    out, summary = fixture_corpus
+def test_held_out_variants_hold_nothing_of_the_held_out_source(built):
+    out, summary = built
     manifest = pq.read_table(out / "manifest.parquet").to_pandas()
     for name, source in (("wo_mstar", "mstar"), ("wo_opensarship", "opensarship")):
         variant = pq.read_table(out / "variants" / f"{name}.parquet").to_pandas()
@@ -189,8 +189,8 @@ def test_weighted_sampler_is_deterministic_and_follows_weights():
     assert sorted(WeightedEpochSampler(None, 20, seed=0)) == list(range(20))
 
 
-def test_corpus_datamodule_batches_and_weights(fixture_corpus):
-    out, _ = fixture_corpus
+def test_corpus_datamodule_batches_and_weights(built):
+    out, _ = built
     data = CorpusDataModule(root=str(out), variant="wo_mstar", source_weights={"sardet100k": 5.0}, batch_size=4,
                             image_size=32, tokenizer=TEST_ARCH)
     data.setup("fit")
@@ -205,10 +205,10 @@ def test_corpus_datamodule_batches_and_weights(fixture_corpus):
         bad.train_dataloader()
 
 
-def test_fit_on_the_fixture_corpus_with_the_cli(fixture_corpus, tmp_path):
+def test_fit_on_the_fixture_corpus_with_the_cli(built, tmp_path):
     from lightning_sarclip.cli import main
 
-    out, _ = fixture_corpus
+    out, _ = built
     config = tmp_path / "corpus_data.yaml"
     config.write_text(yaml.safe_dump({"data": {
         "class_path": "lightning_sarclip.data.corpus_datamodule.CorpusDataModule",

@@ -2,15 +2,12 @@
 
 import copy
 import logging
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_sarclip.curriculum import config_from_args, run, stage_args
-from lightning_sarclip.data.corpus import build_corpus
-from lightning_sarclip.data.corpus import config_from_args as corpus_config
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 TINY = {
@@ -21,16 +18,9 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus") / "fixtures"
-    cwd = os.getcwd()
-    os.chdir(REPO_ROOT)
-    try:
-        build_corpus(corpus_config(["--config", "experiments/corpus/fixtures.yaml", "--output", str(out)]))
-    finally:
-        os.chdir(cwd)
-    return out
+@pytest.fixture
+def corpus(fixture_corpus) -> Path:
+    return fixture_corpus
 
 
 def _tiny(config, tmp_path: Path, corpus: Path):

@@ -6,7 +6,6 @@ callbacks, held-out variants) as written.
 """
 
 import io
-import os
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import pytest
 import yaml
 
 from lightning_sarclip.cli import SARCLIPCLI, main
-from lightning_sarclip.data.corpus import build_corpus, config_from_args
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 TRAINING_CONFIGS = sorted(
@@ -27,16 +25,6 @@ MODEL = ["--model.init_args.model_name", TEST_ARCH, "--model.init_args.pretraine
          "--model.init_args.force_quick_gelu", "false"]
 
 
-@pytest.fixture(scope="module")
-def fixture_corpus(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("corpus") / "fixtures"
-    cwd = os.getcwd()
-    os.chdir(REPO_ROOT)
-    try:
-        build_corpus(config_from_args(["--config", "experiments/corpus/fixtures.yaml", "--output", str(out)]))
-    finally:
-        os.chdir(cwd)
-    return out
 
 
 def _data_overrides(config: dict, corpus: Path) -> list[str]:

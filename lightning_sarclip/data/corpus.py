@@ -556,17 +556,9 @@ def stats_markdown(stats: dict[str, dict[str, int]]) -> str:
 # ---------------------------------------------------------------------------------------------- command line
 def config_from_args(args: list[str]) -> CorpusConfig:
     """Parse ``--config corpus.yaml`` (stackable) plus ``--field value`` overrides into a :class:`CorpusConfig`."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning_sarclip.config import parse_dataclass_config
 
-    parser = ArgumentParser(prog="python -m lightning_sarclip build-corpus", parser_mode="omegaconf")
-    parser.add_argument("--config", action=ActionConfigFile, help="corpus YAML (may be given several times)")
-    parser.add_class_arguments(CorpusConfig, None)
-    values = parser.parse_args(args).as_dict()
-    values.pop("config", None)
-    values.pop("__path__", None)
-    sources = [s if isinstance(s, CorpusSource) else CorpusSource(**s) for s in values.pop("sources")]
-    return CorpusConfig(sources=sources, **values)
-
+    return parse_dataclass_config(CorpusConfig, args, "python -m lightning_sarclip build-corpus")
 
 def main(args: list[str]) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

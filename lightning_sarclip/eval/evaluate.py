@@ -148,18 +148,11 @@ class EvalConfig:
 
 def config_from_args(args: list[str]) -> EvalConfig:
     """Parse ``--config suite.yaml`` (stackable: later files win) plus ``--section.field value`` overrides."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning_sarclip.config import parse_dataclass_config
 
-    parser = ArgumentParser(prog="python -m lightning_sarclip evaluate", parser_mode="omegaconf")
-    parser.add_argument("--config", action=ActionConfigFile, help="suite YAML (may be given several times)")
-    parser.add_class_arguments(EvalConfig, None)
-    values = parser.parse_args(args).as_dict()
-    values.pop("config", None)
-    values.pop("__path__", None)
-    datasets = [d if isinstance(d, DatasetSpec) else DatasetSpec(**d) for d in values.pop("datasets")]
-    model = values.pop("model")
-    model = model if isinstance(model, ModelSpec) else ModelSpec(**(model or {}))
-    config = EvalConfig(datasets=datasets, model=model, **values)
+    config = parse_dataclass_config(EvalConfig, args, "python -m lightning_sarclip evaluate")
+    if config.model is None:
+        config.model = ModelSpec()
     check_config(config)
     return config
 
