@@ -14,7 +14,6 @@ Batches are dicts: ``image`` (B, in_chans, S, S) in [0, 1], ``text`` token ids (
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -26,7 +25,6 @@ from lightning_sarclip.models.factory import build_input_adapter, create_model
 from lightning_sarclip.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
 
 LOGIT_SCALE_MAX = math.log(100.0)
-log = logging.getLogger("lightning_sarclip")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,11 +65,11 @@ class SARCLIPModule(pl.LightningModule):
         unfreeze: list of :class:`~lightning_sarclip.unfreeze.UnfreezeStage`; ``None`` trains everything.
         layer_decay: optional layer-wise LR decay factor in (0, 1].
         grad_checkpointing: activation checkpointing in both towers (memory for compute).
-        accum_freq: feature-cache accumulation (open_clip's ``--accum-freq``): one optimizer step per
-            ``accum_freq`` micro-batches, with the loss over all of them, so every sample sees
-            ``accum_freq * batch_size`` negatives per rank at the activation memory of one micro-batch (two
-            forward passes per sample). Lightning's ``accumulate_grad_batches`` does *not* do this (each
-            micro-batch sees only its own negatives). Uses manual optimisation, so clip with
+        accum_freq: feature-cache accumulation (open_clip's ``--accum-freq``): each data batch (the contrastive
+            batch, all of it negatives for each sample) is embedded in ``accum_freq`` chunks, at the activation
+            memory of one chunk (two forward passes per sample). open_clip's ``--batch-size B --accum-freq k`` is
+            ``data.batch_size: k*B`` with ``accum_freq: k`` here. Lightning's ``accumulate_grad_batches`` does
+            *not* do this (each batch sees only its own negatives). Uses manual optimisation, so clip with
             ``grad_clip_norm`` instead of ``trainer.gradient_clip_val``.
         grad_clip_norm: gradient-norm clipping applied by the module with ``accum_freq > 1``.
         compile: ``torch.compile`` both towers in place (``nn.Module.compile``, so parameter names, checkpoints
@@ -141,10 +139,18 @@ class SARCLIPModule(pl.LightningModule):
             raise ValueError("grad_clip_norm is for accum_freq > 1; with accum_freq 1 use trainer.gradient_clip_val")
         # Feature-cache accumulation needs several backward passes per optimizer step: manual optimisation.
         self.automatic_optimization = accum_freq == 1
-        self._micro_batches: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if self.hparams.accum_freq > 1 and world_size > 1:
+            # Several backward passes per DDP forward leave DDP's reducer unfinished; until the chunk loop is
+            # restructured for it, refuse rather than train wrongly.
+            raise ValueError(
+                f"accum_freq={self.hparams.accum_freq} is not supported with {world_size} processes yet "
+                "(single device only); use local_loss + gather_with_grad + grad_checkpointing to grow the "
+                "contrastive batch across GPUs"
+            )
         # open_clip bakes rank and world size into the loss; only now does the trainer know them.
         self.loss_fn = InfoNCELoss(
             local_loss=self.hparams.local_loss,
@@ -172,7 +178,7 @@ class SARCLIPModule(pl.LightningModule):
         return self(text=text)[1]
 
     # ------------------------------------------------------------------ steps
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not self.automatic_optimization:
             return self._accumulated_step(batch, batch_idx)
         image_features, text_features, logit_scale = self(batch["image"], batch["text"])
@@ -183,36 +189,34 @@ class SARCLIPModule(pl.LightningModule):
         self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
         return loss
 
-    def _accumulated_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        """Feature-cache accumulation: exact gradient of the InfoNCE loss over ``accum_freq`` micro-batches.
+    def _accumulated_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """Feature-cache accumulation: the batch is the contrastive batch, processed in ``accum_freq`` chunks.
 
-        1. Embed every micro-batch without gradients (the cache). 2. For each micro-batch, embed it again with
-        gradients, put it in place of its cached features and back-propagate the loss over all of them: the
-        gradients add up to the gradient of the loss over the whole accumulated batch. The temperature enters
+        1. Embed every chunk without gradients (the cache). 2. For each chunk, embed it again with gradients, put
+        it in place of its cached features and back-propagate the loss over the whole batch: the gradients add
+        up to the gradient of the full-batch loss, at the activation memory of one chunk. The temperature enters
         with gradient in the first pass only, so it is counted once (open_clip counts it ``accum_freq`` times).
         """
-        self._micro_batches.append(batch)
-        if len(self._micro_batches) < self.hparams.accum_freq:
-            return None
-        micro, self._micro_batches = self._micro_batches, []
+        chunks = [dict(zip(("image", "text"), pair, strict=True)) for pair in
+                  zip(batch["image"].chunk(self.hparams.accum_freq), batch["text"].chunk(self.hparams.accum_freq),
+                      strict=True)]
         with torch.no_grad():
-            cache = [self(mb["image"], mb["text"]) for mb in micro]
+            cache = [self(c["image"], c["text"]) for c in chunks]
             full_loss = self.loss_fn(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2])
         self._check_finite(full_loss, batch_idx)
         optimizer = self.optimizers()
-        for j, mb in enumerate(micro):
-            image_j, text_j, scale = self(mb["image"], mb["text"])
+        for j, chunk in enumerate(chunks):
+            image_j, text_j, scale = self(chunk["image"], chunk["text"])
             images = torch.cat([image_j if i == j else c[0] for i, c in enumerate(cache)])
             texts = torch.cat([text_j if i == j else c[1] for i, c in enumerate(cache)])
-            loss = self.loss_fn(images, texts, scale if j == 0 else scale.detach())
-            self.manual_backward(loss)
+            self.manual_backward(self.loss_fn(images, texts, scale if j == 0 else scale.detach()))
         for param in getattr(self, "_frozen_params", ()):
             param.grad = None
         if self.hparams.grad_clip_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        size = sum(mb["image"].shape[0] for mb in micro)
+        size = batch["image"].shape[0]
         self.log("train/loss", full_loss, prog_bar=True, batch_size=size)
         self.log("train/logit_scale", cache[0][2], batch_size=size)
         return full_loss
@@ -281,8 +285,7 @@ class SARCLIPModule(pl.LightningModule):
         return torch.optim.AdamW(param_groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps)
 
     def lr_multiplier(self, step: int) -> float:
-        # With manual optimisation Lightning counts batches, not optimizer steps.
-        total = max(1, int(self.trainer.estimated_stepping_batches) // self.hparams.accum_freq)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
         return cosine_with_warmup(step, total, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -315,13 +318,6 @@ class SARCLIPModule(pl.LightningModule):
         # Runs before gradient clipping: frozen groups neither move nor count towards the clipping norm.
         for param in getattr(self, "_frozen_params", ()):
             param.grad = None
-
-    def on_train_epoch_end(self) -> None:
-        if self._micro_batches:
-            # Like open_clip, an incomplete group of micro-batches at the end of an epoch is not stepped on.
-            log.debug("accum_freq: dropping %d leftover micro-batch(es) at the end of epoch %d",
-                      len(self._micro_batches), self.current_epoch)
-            self._micro_batches = []
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # CLIP's temperature clamp, after the optimizer step: logit_scale.exp() stays in [1, 100].

@@ -169,7 +169,7 @@ def test_compiled_towers_match_eager_and_keep_parameter_names():
 
 @pytest.mark.parametrize("local_loss", [False])
 def test_feature_cache_accumulation_equals_one_big_batch(tmp_path, local_loss):
-    """accum_freq=2 at batch B takes exactly the optimizer steps of accum_freq=1 at batch 2B."""
+    """Embedding a batch of 8 in 2 chunks (accum_freq=2) takes exactly the optimizer steps of one pass."""
     pl.seed_everything(0)
     big = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1, local_loss=local_loss)
     small = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1, local_loss=local_loss, accum_freq=2,
@@ -178,7 +178,7 @@ def test_feature_cache_accumulation_equals_one_big_batch(tmp_path, local_loss):
     small_start = {k: v.clone() for k, v in big.state_dict().items()}
     _trainer(tmp_path / "a", max_epochs=2, limit_train_batches=2, gradient_clip_val=1.0).fit(
         big, RandomPairsDataModule(n=16, batch_size=8))
-    _trainer(tmp_path / "b", max_epochs=2, limit_train_batches=4).fit(small, RandomPairsDataModule(n=16, batch_size=4))
+    _trainer(tmp_path / "b", max_epochs=2, limit_train_batches=2).fit(small, RandomPairsDataModule(n=16, batch_size=8))
     assert small.global_step == big.global_step == 4
     for (name, a), b in zip(big.state_dict().items(), small.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)  # summation order, amplified by Adam
@@ -197,3 +197,13 @@ def test_accumulation_settings_are_checked():
         SARCLIPModule(model_name=TEST_ARCH, accum_freq=0)
     with pytest.raises(ValueError, match="grad_clip_norm is for accum_freq > 1"):
         SARCLIPModule(model_name=TEST_ARCH, grad_clip_norm=1.0)
+
+
+@pytest.mark.slow
+def test_feature_cache_accumulation_refuses_several_processes(tmp_path):
+    module = SARCLIPModule(model_name=TEST_ARCH, accum_freq=2)
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,
+                         limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(Exception, match="accum_freq=2 is not supported with 2 processes"):
+        trainer.fit(module, RandomPairsDataModule(n=16, batch_size=4))
