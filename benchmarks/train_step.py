@@ -5,7 +5,7 @@ with AdamW, a per-step learning rate and the ``logit_scale`` clamp, exactly as o
 does; the bare loop uses open_clip's own ``ClipLoss``. The figure of merit is samples/s of ours divided by
 samples/s of the bare loop (target >= 0.97). Rounds alternate between the two loops to cancel drift.
 
-    python benchmarks/train_step.py [--model SARCLIP-ViT-Tiny-64] [--batch-size 64] [--steps 30] [--rounds 3]
+    python benchmarks/train_step.py [--model SARCLIP-ViT-Tiny-64] [--batch-size 64] [--steps 30] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     pl.seed_everything(0, verbose=False)
