@@ -80,7 +80,7 @@ def main() -> None:
                azimuth=124.0, depression=15)
     write_chip(targets / "TEST/15_DEG/BMP2/SN_9566/HB03500.001", rng, target_type="bmp2_tank", serial="9566",
                azimuth=300.0, depression=15)
-    write_chip(targets / "TEST/15_DEG/SLICY/HB14931.015", rng, target_type="slicey", serial="1",
+    write_chip(targets / "TEST/15_DEG/SLICY/HB03787.015", rng, target_type="slicey", serial="1",
                azimuth=162.95, depression=15)
     (mixed2 / "17_DEG/COL2/SCENE1/2S1/HB14931.JPG").write_bytes(b"\xff\xd8\xff\xe0 not a chip")
     (targets / "TRAIN/17_DEG/BMP2/SN_9563/HB03333.HTM").write_text("<html>side file</html>")
