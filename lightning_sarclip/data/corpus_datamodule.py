@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_sarclip.data.corpus import decode_png, read_shard
-from lightning_sarclip.data.datamodules import CaptionCollate, SARDataModule
+from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.data.transforms import resize_square, to_model_channels
 
 POSITIONAL_STYLES = frozenset({"absolute", "relative"})
@@ -250,14 +250,5 @@ class CorpusDataModule(SARDataModule):
                 raise ValueError(f"source_weights names sources not in the train split: {sorted(unknown)}")
             weights = [self.source_weights.get(s, 1.0) / counts[s] for s in dataset.sources]
         sampler = WeightedEpochSampler(weights, len(dataset), self.samples_per_epoch, self.seed)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            drop_last=len(sampler) >= self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=CaptionCollate(self.tokenizer, all_captions=False),
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self._loader(dataset, train=True, sampler=sampler)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_sarclip.data.synthetic import SyntheticSARDataset
 
@@ -186,13 +186,15 @@ class SARDataModule(pl.LightningDataModule):
             raise RuntimeError(f"the {split!r} split is not set up; call setup({stage!r}) first")
         return self.datasets[split]
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
+        """The one place loaders are built; a training ``sampler`` replaces the default shuffle."""
         batch_size = self.batch_size if train else self.eval_batch_size
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) >= batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(sampler if sampler is not None else dataset) >= batch_size,
             num_workers=self.num_workers,
             collate_fn=CaptionCollate(self.tokenizer, all_captions=not train),
             pin_memory=self.pin_memory,
