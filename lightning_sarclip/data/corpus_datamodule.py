@@ -10,6 +10,9 @@ unchanged.
   every image is seen once per epoch in a shuffled order. The sampler is seeded by ``seed`` and the epoch;
   Lightning shards it across DDP ranks (``DistributedSamplerWrapper``) and the DataLoader hands indices to
   workers, so every (rank, worker) sees a deterministic, disjoint part.
+* **Exact resume.** The caption drawn for a training image and its augmentation come from the sample seed that
+  travels with its index (:mod:`lightning_sarclip.data.samplers`), so a run resumed mid-epoch repeats the
+  uninterrupted one, whatever ``num_workers``.
 * **Augmentation** (train only): random resized crop (scale 0.8-1), horizontal/vertical flips and 90-degree
   rotations. SAR intensities carry meaning, so there is no colour jitter. A caption that names positions
   ("... in the upper left") would be made false by a flip or rotation, so pairs whose drawn caption has style
@@ -29,14 +32,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_sarclip.data.corpus import decode_png, read_shard
 from lightning_sarclip.data.datamodules import SARDataModule
+from lightning_sarclip.data.samplers import WeightedEpochSampler
 from lightning_sarclip.data.transforms import resize_square, to_model_channels
 
 POSITIONAL_STYLES = frozenset({"absolute", "relative"})
 log = logging.getLogger("lightning_sarclip")
+
+__all__ = ["CorpusDataModule", "CorpusDataset", "EmptySplitError", "WeightedEpochSampler"]
 
 
 class EmptySplitError(ValueError):
@@ -112,6 +118,14 @@ class CorpusDataset(Dataset):
         return state
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Item ``index``; training draws (caption, augmentation) are seeded from the global ``random`` module."""
+        return self._item(index, random.Random(random.getrandbits(64)))
+
+    def seeded_item(self, index: int, seed: int) -> dict[str, Any]:
+        """Item ``index`` with every training draw taken from ``seed`` (used by the resumable training loader)."""
+        return self._item(index, random.Random(seed))
+
+    def _item(self, index: int, rng: random.Random) -> dict[str, Any]:
         shard, row, _, kept = self.items[index]
         table = self._shard(shard)
         all_captions = table.column("captions")[row].as_py()
@@ -121,9 +135,9 @@ class CorpusDataset(Dataset):
             image = np.concatenate([image, image])  # single-pol source in a dual-pol run: VH := VV (documented)
         image = to_model_channels(image, self.in_chans, f"{shard}#{row}")
         if self.split == "train":
-            caption_index, style = random.choice(kept)
+            caption_index, style = rng.choice(kept)
             captions = [all_captions[caption_index]]
-            tensor = self._augment(image, geometric=style not in POSITIONAL_STYLES)
+            tensor = self._augment(image, geometric=style not in POSITIONAL_STYLES, rng=rng)
         else:
             texts = [all_captions[i] for i, _ in kept]
             captions = [texts[i % len(texts)] for i in range(self.eval_captions)]
@@ -131,52 +145,26 @@ class CorpusDataset(Dataset):
         label = self.classnames.index(labels[0]) if len(labels) == 1 else -1
         return {"image": tensor, "captions": captions, "label": label, "index": index}
 
-    def _augment(self, image: np.ndarray, geometric: bool) -> torch.Tensor:
+    def _augment(self, image: np.ndarray, geometric: bool, rng: random.Random) -> torch.Tensor:
         if not self.augment:
             return resize_square(image, self.image_size)
         c, h, w = image.shape
         if geometric:
-            area = random.uniform(0.8, 1.0) * h * w
+            area = rng.uniform(0.8, 1.0) * h * w
             side_h = min(h, max(1, round((area * h / w) ** 0.5)))
             side_w = min(w, max(1, round((area * w / h) ** 0.5)))
-            top, left = random.randint(0, h - side_h), random.randint(0, w - side_w)
+            top, left = rng.randint(0, h - side_h), rng.randint(0, w - side_w)
             image = image[:, top : top + side_h, left : left + side_w]
-            if random.random() < 0.5:
+            if rng.random() < 0.5:
                 image = image[:, :, ::-1]
-            if random.random() < 0.5:
+            if rng.random() < 0.5:
                 image = image[:, ::-1, :]
-            image = np.rot90(image, k=random.randint(0, 3), axes=(1, 2))
+            image = np.rot90(image, k=rng.randint(0, 3), axes=(1, 2))
         return resize_square(np.ascontiguousarray(image), self.image_size)
 
 
 def _meta_name(shard: str) -> str:
     return shard.rsplit(".", 1)[0] + ".meta.parquet"
-
-
-class WeightedEpochSampler(Sampler[int]):
-    """Per epoch: a seeded shuffle (no weights) or ``num_samples`` draws with replacement by per-item weight.
-
-    Has ``set_epoch``, which Lightning calls every epoch (also through its distributed wrapper).
-    """
-
-    def __init__(self, weights: list[float] | None, num_items: int, num_samples: int | None = None, seed: int = 0):
-        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
-        self.num_items = num_items
-        self.num_samples = num_samples or num_items
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        if self.weights is None:
-            return iter(torch.randperm(self.num_items, generator=generator).tolist())
-        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist())
 
 
 class CorpusDataModule(SARDataModule):
@@ -226,6 +214,10 @@ class CorpusDataModule(SARDataModule):
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
 
+    def train_seed(self) -> int:
+        """The ``seed`` argument: it fixes the mixing draws, the captions and the augmentation of every epoch."""
+        return self.seed
+
     def build_dataset(self, split: str) -> Dataset:
         """A corpus without a val split (e.g. only MSTAR, which ships train/test) validates on test, with a warning."""
         try:
@@ -249,6 +241,6 @@ class CorpusDataModule(SARDataModule):
             if unknown:
                 raise ValueError(f"source_weights names sources not in the train split: {sorted(unknown)}")
             weights = [self.source_weights.get(s, 1.0) / counts[s] for s in dataset.sources]
-        sampler = WeightedEpochSampler(weights, len(dataset), self.samples_per_epoch, self.seed)
+        sampler = WeightedEpochSampler(weights, len(dataset), self.samples_per_epoch, self.train_seed())
         return self._loader(dataset, train=True, sampler=sampler)
 

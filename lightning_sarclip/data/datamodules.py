@@ -7,11 +7,16 @@ stage, tokenisation, batching, worker settings) lives once in :class:`SARDataMod
 
 Tokenisation happens in the collate function, i.e. in the dataloader workers: the main process, which
 also drives the model, never spends time in the BPE tokenizer.
+
+Training loaders are resumable mid-epoch (:mod:`lightning_sarclip.data.samplers`): the order, the caption drawn
+for each image and any dataset-side random choice are functions of (seed, epoch, position in the epoch), so a run
+restarted from a checkpoint sees exactly the batches the uninterrupted run would have, whatever ``num_workers``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +24,13 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_sarclip.data.samplers import (
+    ResumableDataLoader,
+    SeededDataset,
+    SeededEpochSampler,
+    WeightedEpochSampler,
+    sample_rng,
+)
 from lightning_sarclip.data.synthetic import SyntheticSARDataset
 
 log = logging.getLogger("lightning_sarclip")
@@ -56,9 +68,9 @@ def build_tokenizer(name: str) -> Callable[..., torch.Tensor]:
 class CaptionCollate:
     """Stack images and tokenize captions inside the dataloader worker (picklable: holds the tokenizer).
 
-    Training (``all_captions=False``) takes one caption per sample, drawn with the torch RNG: DataLoader
-    seeds torch in every worker from the main process seed, so ``seed_everything`` makes the choice
-    reproducible. Evaluation (``all_captions=True``) keeps all K captions of each image, ``text`` is then
+    Training (``all_captions=False``) takes one caption per sample, drawn from the sample's ``"seed"`` (set by
+    :class:`~lightning_sarclip.data.samplers.SeededDataset`), so the choice depends on neither the worker nor a
+    restart; samples without a seed fall back to the torch RNG. Evaluation (``all_captions=True``) keeps all K captions of each image, ``text`` is then
     ``(B, K, L)``, which retrieval metrics need.
     """
 
@@ -81,8 +93,12 @@ class CaptionCollate:
             text = self.tokenizer([t for c in captions for t in c])
             text = text.view(len(samples), per_image, text.shape[-1])
         else:
-            picks = torch.randint(0, 2**31 - 1, (len(samples),)).tolist()
-            text = self.tokenizer([c[p % len(c)] for c, p in zip(captions, picks, strict=True)])
+            picks = [
+                sample_rng(sample["seed"], "caption").randrange(len(c)) if "seed" in sample
+                else int(torch.randint(0, len(c), ()))
+                for sample, c in zip(samples, captions, strict=True)
+            ]
+            text = self.tokenizer([c[p] for c, p in zip(captions, picks, strict=True)])
         return {
             "image": torch.stack([torch.as_tensor(sample["image"], dtype=torch.float32) for sample in samples]),
             "text": text.long(),
@@ -169,6 +185,10 @@ class SARDataModule(pl.LightningDataModule):
                 return list(names)
         raise RuntimeError("no dataset is set up yet; call setup('fit'), setup('validate') or setup('test') first")
 
+    def train_seed(self) -> int:
+        """Seed of the training order, captions and per-sample randomness: ``seed_everything``'s, else 0."""
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     @property
     def tokenizer(self) -> Callable[..., torch.Tensor]:
         if self.tokenizer_name is None:
@@ -186,19 +206,29 @@ class SARDataModule(pl.LightningDataModule):
             raise RuntimeError(f"the {split!r} split is not set up; call setup({stage!r}) first")
         return self.datasets[split]
 
-    def _loader(self, dataset: Dataset, train: bool, sampler: Sampler | None = None) -> DataLoader:
-        """The one place loaders are built; a training ``sampler`` replaces the default shuffle."""
-        batch_size = self.batch_size if train else self.eval_batch_size
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            drop_last=train and len(sampler if sampler is not None else dataset) >= batch_size,
-            num_workers=self.num_workers,
-            collate_fn=CaptionCollate(self.tokenizer, all_captions=not train),
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+    def _loader(self, dataset: Dataset, train: bool, sampler: Sampler[int] | None = None) -> DataLoader:
+        """The one place loaders are built.
+
+        Training: a :class:`~lightning_sarclip.data.samplers.ResumableDataLoader` over ``sampler`` (an index order,
+        default a shuffle seeded by :meth:`train_seed` and the epoch), each index paired with its sample seed.
+        Evaluation: the dataset in order.
+        """
+        common = {
+            "num_workers": self.num_workers,
+            "collate_fn": CaptionCollate(self.tokenizer, all_captions=not train),
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not train:
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **common)
+        seed = self.train_seed()
+        order = sampler if sampler is not None else WeightedEpochSampler(None, len(dataset), seed=seed)
+        return ResumableDataLoader(
+            SeededDataset(dataset),
+            batch_size=self.batch_size,
+            sampler=SeededEpochSampler(order, seed=seed),
+            drop_last=len(order) >= self.batch_size,
+            **common,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,165 @@
+"""Checkpoints that survive preemption: atomic writes, and a ``last.ckpt`` that is always the newest state.
+
+* :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file *in the destination folder*, flushes it to
+  disk (``fsync``), renames it over the destination (``os.replace``, atomic on POSIX and Windows) and syncs the
+  folder. A ``kill -9`` or a node failure at any moment leaves either the previous complete file or the new
+  complete file, never a truncated one. Lightning's own ``TorchCheckpointIO`` writes through an fsspec
+  transaction whose temporary file lives in the system temp folder: the final move is a copy (not atomic) when
+  that folder is on another filesystem, and nothing is synced. Remote (non-local) paths keep Lightning's behaviour.
+* :class:`RunCheckpoint` is ``ModelCheckpoint`` plus two ``last.ckpt`` writes that ``ModelCheckpoint(save_top_k=0,
+  save_last=True)`` leaves out: at the end of every training epoch and at the end of training. Without them a run
+  that checkpoints every N steps ends with a ``last.ckpt`` up to N-1 steps old, and a run that checkpoints per
+  epoch writes ``last.ckpt`` only once training is over.
+
+``SARCLIPCLI`` uses both by default (``checkpoint:`` is a :class:`RunCheckpoint`; the IO plugin is added unless the
+config names a checkpoint plugin of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+TMP_SUFFIX = ".tmp"
+STALE_AFTER_S = 600  # a temporary checkpoint untouched for this long belongs to a dead writer
+
+
+def _temp_prefix(path: Path) -> str:
+    # Hidden and with a suffix of its own: never matched by ``last*.ckpt`` / ``*.ckpt`` globs.
+    return f".{path.name}."
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` so that ``path`` is always either the old or the new complete file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints private to their writer
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+    # Leftovers of writes killed before their rename; recent ones are left alone in case another process is
+    # writing the same file right now.
+    for stale in path.parent.glob(f"{_temp_prefix(path)}*{TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - stale.stat().st_mtime > STALE_AFTER_S:
+                stale.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes are atomic and durable (see the module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` also follows every training-epoch end and the end of training.
+
+    Arguments are ``ModelCheckpoint``'s. The extra writes happen only with ``save_last`` and only when no
+    checkpoint was written at the current step already (they never replace a top-k or step checkpoint).
+    """
+
+    @property
+    def state_key(self) -> str:
+        # ModelCheckpoint's key, so checkpoints written with a plain ModelCheckpoint restore into this one and back.
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+    def _write_last(self, trainer: pl.Trainer) -> None:
+        if not self.save_last or self._should_skip_saving_checkpoint(trainer):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._write_last(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._write_last(trainer)
+
+
+#: Strategies/accelerators that bring their own checkpoint IO (XLA tensors, DeepSpeed's engine files).
+_OWN_CHECKPOINT_IO = ("xla", "tpu", "deepspeed")
+
+
+def _class_path(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict):
+        return entry.get("class_path")
+    return getattr(entry, "class_path", None) or f"{type(entry).__module__}.{type(entry).__qualname__}"
+
+
+def _is_checkpoint_io(entry: Any) -> bool:
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+    if isinstance(entry, CheckpointIO):
+        return True
+    path = _class_path(entry)
+    if not path or "." not in path:
+        return False
+    module_name, _, name = path.rpartition(".")
+    try:
+        import importlib
+
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, CheckpointIO)
+
+
+def with_atomic_checkpoint_io(plugins: Any, strategy: Any = None, accelerator: Any = None) -> Any:
+    """``trainer.plugins`` (a config value) plus :class:`AtomicCheckpointIO`, unless it names a checkpoint IO already
+    or the strategy/accelerator has one of its own (XLA, DeepSpeed): then ``plugins`` unchanged."""
+    from jsonargparse import Namespace
+
+    entries = list(plugins) if isinstance(plugins, list | tuple) else ([] if plugins is None else [plugins])
+    if any(_is_checkpoint_io(entry) for entry in entries):
+        return plugins
+    owners = " ".join(str(_class_path(x) or "").lower() for x in (strategy, accelerator) if x is not None)
+    if any(name in owners for name in _OWN_CHECKPOINT_IO):
+        return plugins
+    return [*entries, Namespace(class_path=f"{__name__}.AtomicCheckpointIO")]
