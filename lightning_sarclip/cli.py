@@ -14,18 +14,22 @@ A :class:`~lightning.pytorch.cli.LightningCLI` with the conventions of torchgeo'
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_sarclip.data  # noqa: F401  (registers the datamodules for class_path short names)
 import lightning_sarclip.eval.callbacks  # noqa: F401
+from lightning_sarclip.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
 from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.module import SARCLIPModule
+from lightning_sarclip.runs import mark_finished, resume_checkpoint
+
+log = logging.getLogger("lightning_sarclip")
 
 #: Subcommands beyond Lightning's fit/validate/test/predict: name -> module with ``main(argv)``.
 COMMANDS = {
@@ -35,6 +39,7 @@ COMMANDS = {
     "export": "lightning_sarclip.export",
     "embed": "lightning_sarclip.embed",
     "curriculum": "lightning_sarclip.curriculum",
+    "sweep": "lightning_sarclip.sweep",
 }
 
 
@@ -58,7 +63,8 @@ class SARCLIPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str | None, default=None, help="Experiment name (run directory).")
         parser.add_argument("--run_root", type=str, default="runs", help="Folder holding one directory per run.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # ModelCheckpoint's arguments; last.ckpt is also rewritten at every epoch end and at the end of training.
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
         parser.link_arguments("data.init_args.in_chans", "model.init_args.in_chans")
@@ -79,6 +85,32 @@ class SARCLIPCLI(LightningCLI):
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                 "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
             }
+        # Atomic checkpoint writes (a kill during a save cannot truncate last.ckpt), unless the config sets its own.
+        trainer["plugins"] = with_atomic_checkpoint_io(trainer.get("plugins"), trainer.get("strategy"),
+                                                       trainer.get("accelerator"))
+
+    def before_fit(self) -> None:
+        """``--ckpt_path last``: the newest of ``last.ckpt`` and Lightning's Slurm ``hpc_ckpt_*``, or a fresh start.
+
+        One command line then serves a run's first start and every restart after preemption or requeue
+        (see :mod:`lightning_sarclip.runs`).
+        """
+        config = self.config_init["fit"]
+        if config.get("ckpt_path") == "last":
+            callback = self.trainer.checkpoint_callback
+            found = resume_checkpoint(self.trainer.default_root_dir, getattr(callback, "dirpath", None))
+            config["ckpt_path"] = str(found) if found is not None else None
+            if found is not None:
+                log.info("resuming %s from %s", config.get("name"), found)
+
+    def after_fit(self) -> None:
+        """Mark a run that reached its end (``finished.json``): sweeps skip it, restarts know it is done."""
+        trainer = self.trainer
+        if trainer.fast_dev_run or trainer.interrupted or not trainer.fit_loop.done:
+            return
+        if trainer.is_global_zero:
+            mark_finished(trainer.default_root_dir, global_step=trainer.global_step, epoch=trainer.current_epoch,
+                          name=self.config_init["fit"].get("name"))
 
 
 def _name_from_configs(configs: Any) -> str | None:
@@ -101,4 +133,5 @@ def main(args: list[str] | None = None) -> None:
 
         importlib.import_module(module_name).main(argv[1:])
         return
-    SARCLIPCLI(args=argv)
+    # args=None lets LightningCLI read sys.argv itself (passing both makes it warn).
+    SARCLIPCLI(args=None if args is None else argv)

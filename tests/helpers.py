@@ -47,6 +47,18 @@ class StopAfterEpoch(pl.Callback):
             trainer.should_stop = True
 
 
+class SlowSteps(pl.Callback):
+    """Sleep after every training step, so an external action (kill, requeue) can land in the middle of a run."""
+
+    def __init__(self, seconds: float = 0.2):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        time.sleep(self.seconds)
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
