@@ -3,7 +3,8 @@
 What it owns: the open_clip model (built by :func:`~lightning_sarclip.models.create_model`), the on-device SAR
 input adapter, the symmetric InfoNCE loss with global negatives, AdamW parameter groups (no weight decay on
 biases, norms, embeddings and ``logit_scale``), a per-step warmup + cosine learning rate, the ``logit_scale``
-clamp, and the staged unfreezing schedule (:mod:`lightning_sarclip.unfreeze`).
+clamp, the staged unfreezing schedule (:mod:`lightning_sarclip.unfreeze`), and FSDP2 sharding of both towers
+when the trainer runs Lightning's ``ModelParallelStrategy`` (:mod:`lightning_sarclip.sharding`).
 
 What it does not own: metrics beyond the loss. Evaluation (recall@K, zero-shot) lives in
 :mod:`lightning_sarclip.eval` and plugs in as callbacks that read the features ``validation_step`` returns.
@@ -15,13 +16,17 @@ Batches are dicts: ``image`` (B, in_chans, S, S) in [0, 1], ``text`` token ids (
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from lightning_sarclip.losses import InfoNCELoss
 from lightning_sarclip.models.factory import build_input_adapter, create_model
+from lightning_sarclip.sharding import all_reduce_grads, data_parallel_mesh, shard_model
 from lightning_sarclip.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -70,7 +75,7 @@ class SARCLIPModule(pl.LightningModule):
             memory of one chunk (two forward passes per sample). open_clip's ``--batch-size B --accum-freq k`` is
             ``data.batch_size: k*B`` with ``accum_freq: k`` here. Lightning's ``accumulate_grad_batches`` does
             *not* do this (each batch sees only its own negatives). Uses manual optimisation, so clip with
-            ``grad_clip_norm`` instead of ``trainer.gradient_clip_val``.
+            ``grad_clip_norm`` instead of ``trainer.gradient_clip_val``. Works on one device, DDP and FSDP2.
         grad_clip_norm: gradient-norm clipping applied by the module with ``accum_freq > 1``.
         compile: ``torch.compile`` both towers in place (``nn.Module.compile``, so parameter names, checkpoints
             and exports are unchanged); opt-in, it pays off on long GPU runs only.
@@ -139,18 +144,13 @@ class SARCLIPModule(pl.LightningModule):
             raise ValueError("grad_clip_norm is for accum_freq > 1; with accum_freq 1 use trainer.gradient_clip_val")
         # Feature-cache accumulation needs several backward passes per optimizer step: manual optimisation.
         self.automatic_optimization = accum_freq == 1
+        # Set by configure_model under FSDP2: the parameters left unsharded, whose gradients are averaged here.
+        self._replicated_params: list[torch.nn.Parameter] | None = None
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
-        world_size = self.trainer.world_size if self._trainer is not None else 1
-        if self.hparams.accum_freq > 1 and world_size > 1:
-            # Several backward passes per DDP forward leave DDP's reducer unfinished; until the chunk loop is
-            # restructured for it, refuse rather than train wrongly.
-            raise ValueError(
-                f"accum_freq={self.hparams.accum_freq} is not supported with {world_size} processes yet "
-                "(single device only); use local_loss + gather_with_grad + grad_checkpointing to grow the "
-                "contrastive batch across GPUs"
-            )
+        if self._trainer is not None:
+            data_parallel_mesh(self.trainer.strategy)  # unsupported strategy settings fail here, before any step
         # open_clip bakes rank and world size into the loss; only now does the trainer know them.
         self.loss_fn = InfoNCELoss(
             local_loss=self.hparams.local_loss,
@@ -158,6 +158,23 @@ class SARCLIPModule(pl.LightningModule):
             rank=self.global_rank,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
         )
+
+    def configure_model(self) -> None:
+        """FSDP2 under ``ModelParallelStrategy``: each transformer block, then the model (:mod:`.sharding`).
+
+        Lightning calls this after ``setup`` and before ``configure_optimizers``, so the optimizer holds the
+        sharded parameters. Under any other strategy it does nothing.
+        """
+        if self._trainer is None or self._replicated_params is not None:  # not trained, or sharded already
+            return
+        mesh = data_parallel_mesh(self.trainer.strategy)
+        if mesh is None:
+            return
+        self._replicated_params = shard_model(self.model, mesh)
+        # fully_shard replaced the parameters: the groups must hold the new ones (and not keep the full ones alive).
+        last_active = self.schedule.last_active
+        self.schedule = UnfreezeSchedule(self.model, self.schedule.stages, self.schedule.layer_decay)
+        self.schedule.last_active = last_active
 
     def forward(
         self, image: torch.Tensor | None = None, text: torch.Tensor | None = None
@@ -195,7 +212,12 @@ class SARCLIPModule(pl.LightningModule):
         1. Embed every chunk without gradients (the cache). 2. For each chunk, embed it again with gradients, put
         it in place of its cached features and back-propagate the loss over the whole batch: the gradients add
         up to the gradient of the full-batch loss, at the activation memory of one chunk. The temperature enters
-        with gradient in the first pass only, so it is counted once (open_clip counts it ``accum_freq`` times).
+        with gradient in the last pass only, so it is counted once (open_clip counts it ``accum_freq`` times).
+
+        Several processes: each rank embeds its own chunks and the loss gathers features across ranks, as in
+        one pass. Under DDP only the last backward reduces gradients (see :meth:`_ddp_gradient_sync`), and the
+        temperature is in that one, since DDP expects every parameter to get a gradient from it. Under FSDP2
+        every backward reduce-scatters and the sharded gradients add up.
         """
         chunks = [dict(zip(("image", "text"), pair, strict=True)) for pair in
                   zip(batch["image"].chunk(self.hparams.accum_freq), batch["text"].chunk(self.hparams.accum_freq),
@@ -205,11 +227,16 @@ class SARCLIPModule(pl.LightningModule):
             full_loss = self.loss_fn(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2])
         self._check_finite(full_loss, batch_idx)
         optimizer = self.optimizers()
+        last = len(chunks) - 1
         for j, chunk in enumerate(chunks):
             image_j, text_j, scale = self(chunk["image"], chunk["text"])
             images = torch.cat([image_j if i == j else c[0] for i, c in enumerate(cache)])
             texts = torch.cat([text_j if i == j else c[1] for i, c in enumerate(cache)])
-            self.manual_backward(self.loss_fn(images, texts, scale if j == 0 else scale.detach()))
+            loss = self.loss_fn(images, texts, scale if j == last else scale.detach())
+            with self._ddp_gradient_sync(j == last):
+                self.manual_backward(loss)
+        if self._replicated_params:
+            all_reduce_grads(self._replicated_params)
         for param in getattr(self, "_frozen_params", ()):
             param.grad = None
         if self.hparams.grad_clip_norm is not None:
@@ -220,6 +247,26 @@ class SARCLIPModule(pl.LightningModule):
         self.log("train/loss", full_loss, prog_bar=True, batch_size=size)
         self.log("train/logit_scale", cache[0][2], batch_size=size)
         return full_loss
+
+    @contextmanager
+    def _ddp_gradient_sync(self, enabled: bool) -> Iterator[None]:
+        """Under DDP, reduce gradients in this backward only if ``enabled`` (open_clip's ``no_sync`` otherwise).
+
+        ``training_step`` runs *inside* the forward of Lightning's DDP wrapper, which, with gradient sync on,
+        prepares the reducer for one more backward when it returns: a backward that never comes, so the next
+        step would fail. Sync therefore stays off for the whole step and is switched on only around the last
+        backward, where ``manual_backward`` prepares the reducer; that backward all-reduces the gradients
+        accumulated over all chunks. Without DDP this does nothing.
+        """
+        ddp = self.trainer.strategy.model if self._trainer is not None else None
+        if not isinstance(ddp, DistributedDataParallel):
+            yield
+            return
+        ddp.require_backward_grad_sync = enabled
+        try:
+            yield
+        finally:
+            ddp.require_backward_grad_sync = False
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop on a NaN/inf loss before it reaches the weights; every rank stops together.
@@ -308,6 +355,10 @@ class SARCLIPModule(pl.LightningModule):
                     optimizer.state.pop(param, None)
         self.schedule.last_active = active
         self._frozen_params = [p for g in optimizer.param_groups if multipliers[g["unfreeze_group"]] == 0 for p in g["params"]]
+        for param in self._frozen_params:
+            # An (empty) optimizer state entry for every parameter, filled by AdamW at its first update: FSDP2
+            # checkpoints load optimizer state strictly and refuse a trainable parameter without one.
+            optimizer.state.setdefault(param, {})
         if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("train/lr", base, batch_size=1)
             index = self.schedule.stage_index(epoch, step)
@@ -315,7 +366,10 @@ class SARCLIPModule(pl.LightningModule):
                 self.log("train/unfreeze_stage", float(index), batch_size=1)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs before gradient clipping: frozen groups neither move nor count towards the clipping norm.
+        # Runs before gradient clipping: frozen groups neither move nor count towards the clipping norm, and
+        # under FSDP2 the unsharded parameters' gradients are averaged like the sharded ones.
+        if self._replicated_params and self.automatic_optimization:
+            all_reduce_grads(self._replicated_params)
         for param in getattr(self, "_frozen_params", ()):
             param.grad = None
 

@@ -1,6 +1,7 @@
 """SARCLIPModule: temperature clamp, weight-decay groups, per-step LR, dual-pol input, hub weights."""
 
 import math
+import os
 
 import lightning.pytorch as pl
 import pytest
@@ -199,11 +200,50 @@ def test_accumulation_settings_are_checked():
         SARCLIPModule(model_name=TEST_ARCH, grad_clip_norm=1.0)
 
 
+def _ddp_accumulation_runs(rank: int, world_size: int, root: str) -> dict[str, list[float]]:
+    """In each of two gloo processes: DDP with accum_freq 1 and 2 on the same global batch, both loss variants."""
+    from pathlib import Path
+
+    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world_size), NODE_RANK="0")
+    losses = {}
+    for local_loss in (False, True):
+        for accum_freq in (1, 2):
+            name = f"local{int(local_loss)}_accum{accum_freq}"
+            pl.seed_everything(0)
+            module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1, local_loss=local_loss,
+                                   accum_freq=accum_freq, grad_clip_norm=0.05 if accum_freq > 1 else None)
+            recorder = _RecordLoss()
+            _trainer(Path(root) / name, devices=2, strategy="ddp", max_epochs=2, limit_train_batches=2,
+                     gradient_clip_val=0.05 if accum_freq == 1 else None, callbacks=[recorder]).fit(
+                module, RandomPairsDataModule(n=32, batch_size=8))
+            losses[name] = recorder.losses
+            torch.save(module.state_dict(), Path(root) / f"{name}_rank{rank}.pt")
+    return losses
+
+
+class _RecordLoss(pl.Callback):
+    def __init__(self):
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+
+
 @pytest.mark.slow
-def test_feature_cache_accumulation_refuses_several_processes(tmp_path):
-    module = SARCLIPModule(model_name=TEST_ARCH, accum_freq=2)
-    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,
-                         limit_train_batches=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
-    with pytest.raises(Exception, match="accum_freq=2 is not supported with 2 processes"):
-        trainer.fit(module, RandomPairsDataModule(n=16, batch_size=4))
+def test_feature_cache_accumulation_under_ddp_equals_one_pass(tmp_path):
+    """Two DDP ranks, 8 samples each (global contrastive batch 16): 2 chunks per rank take the same steps as 1."""
+    from tests.distributed import run_distributed
+
+    rank0, rank1 = run_distributed(_ddp_accumulation_runs, args=(str(tmp_path),))
+    for variant in ("local0", "local1"):
+        one, two = f"{variant}_accum1", f"{variant}_accum2"
+        assert len(rank0[one]) == 4
+        for losses in (rank0, rank1):
+            assert losses[two] == pytest.approx(losses[one], rel=1e-5, abs=1e-6), variant
+        weights = {(name, r): torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=True)
+                   for name in (one, two) for r in (0, 1)}
+        start = SARCLIPModule(model_name=TEST_ARCH).state_dict()
+        for key, reference in weights[one, 0].items():
+            assert torch.equal(weights[one, 1][key], reference) and torch.equal(weights[two, 1][key], weights[two, 0][key])
+            torch.testing.assert_close(weights[two, 0][key], reference, rtol=1e-4, atol=1e-5, msg=key)
+        assert not torch.equal(weights[one, 0]["model.logit_scale"], start["model.logit_scale"])

@@ -206,11 +206,14 @@ class RetrievalZeroShotCallback(pl.Callback):
 
     def _draw_confusion(self, trainer: pl.Trainer, stage: str, metrics: FeatureMetrics) -> None:
         confusion = getattr(metrics.zeroshot, "confusion", None) if metrics.zeroshot is not None else None
-        if confusion is None or not trainer.is_global_zero:
+        if confusion is None:
+            return
+        # trainer.log_dir broadcasts from rank 0 (a collective): every rank must ask, or rank 0 waits forever.
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+        if not trainer.is_global_zero:
             return
         from lightning_sarclip.eval.figures import confusion_matrix_figure, log_figure
 
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
         step = trainer.global_step
         image = confusion_matrix_figure(
             confusion, list(trainer.datamodule.classnames), title=f"{stage} zero-shot, step {step}",
