@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# GPU check of issue #5 on one H100/H200 (must finish in under 8 minutes, start-up included):
+#   1. images/s and model FLOPs utilisation (MFU) of our `fit` loop against a bare open_clip-style loop,
+#      ViT-B-16 at 224 px, bf16 autocast, batch 256, same batches, alternating rounds (targets: ratio >= 1.0,
+#      MFU >= 45 %);
+#   2. peak GPU memory of the training step with and without gradient checkpointing;
+#   3. a short sharded run (FSDP2 via Lightning's ModelParallelStrategy, 1 GPU) against the same run on the
+#      default strategy: throughput and the largest weight difference after the same steps.
+# Figures are printed and written to $OUT (default runs/gpu_check). On a machine without PyPI, first run
+# benchmarks/gpu_wheels.sh where pip works and bring .whl/ along.
+#   bash benchmarks/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$PY" -c "import open_clip, jsonargparse, omegaconf" 2>/dev/null; then
+    [[ -d .whl ]] || { echo "open_clip/jsonargparse/omegaconf missing and no .whl/ (benchmarks/gpu_wheels.sh)" >&2; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/sarclip_site .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/sarclip_site"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+"$PY" -c "import torch, lightning, open_clip; print('torch', torch.__version__, 'lightning', lightning.__version__, 'open_clip', open_clip.__version__)" | tee -a "$OUT/device.txt"
+SECONDS=0
+
+echo "== 1. throughput and MFU: ViT-B-16 @ 224, bf16, batch 256 (fit vs bare loop)"
+timeout 210 "$PY" benchmarks/train_step.py --accelerator gpu --precision bf16-mixed --model ViT-B-16 \
+    --batch-size 256 --steps 20 --warmup 5 --rounds 3 2>&1 | grep -v -i warn | tee "$OUT/throughput.txt"
+
+echo "== 2. peak memory with and without gradient checkpointing (${SECONDS}s so far)"
+timeout 120 "$PY" benchmarks/gpu_memory.py --model ViT-B-16 --batch-size 256 --steps 3 2>&1 \
+    | grep -E "grad_checkpointing|ratio" | tee "$OUT/memory.txt"
+
+echo "== 3. short FSDP2 run vs the default strategy (${SECONDS}s so far)"
+common=(--config experiments/quickstart.yaml --run_root "$OUT/runs" --trainer.accelerator gpu --trainer.devices 1
+        --trainer.precision bf16-mixed --trainer.max_steps 40 --trainer.limit_val_batches 2
+        --trainer.enable_progress_bar false --trainer.deterministic false
+        --model.init_args.model_name ViT-B-16 --data.init_args.image_size 224 --data.init_args.num_train 2560
+        --data.init_args.batch_size 64 --data.init_args.num_workers 8)
+for strategy in auto fsdp; do
+    extra=()
+    if [[ $strategy == fsdp ]]; then
+        extra=(--trainer.strategy lightning.pytorch.strategies.ModelParallelStrategy
+               --trainer.strategy.data_parallel_size 1 --trainer.strategy.tensor_parallel_size 1
+               --trainer.strategy.save_distributed_checkpoint false)
+    fi
+    start=$SECONDS
+    timeout 150 "$PY" -m lightning_sarclip fit "${common[@]}" --name "gpu_check_$strategy" "${extra[@]}" \
+        > "$OUT/fit_$strategy.log" 2>&1 || { tail -n 30 "$OUT/fit_$strategy.log"; exit 1; }
+    echo "$strategy: 40 steps of batch 64 in $((SECONDS - start)) s (start-up and data generation included)" \
+        | tee -a "$OUT/fsdp.txt"
+done
+"$PY" - "$OUT/runs" <<'PY' | tee -a "$OUT/fsdp.txt"
+import sys, torch
+root = sys.argv[1]
+a, b = (torch.load(f"{root}/gpu_check_{s}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+        for s in ("auto", "fsdp"))
+diff = max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item() for k in a["state_dict"])
+print(f"steps: default {a['global_step']}, fsdp {b['global_step']}; largest weight difference {diff:.2e} (bf16 run)")
+PY
+echo "done in ${SECONDS}s; figures in $OUT"
