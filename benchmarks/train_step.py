@@ -195,7 +195,7 @@ def main() -> None:
     target = 1.0 if device == "cuda" else 0.97
     print(f"ratio ours/bare = {ratio:.3f} (target >= {target})")
     per_sample = flops / args.batch_size
-    print(f"model FLOPs per sample (fwd+bwd): {per_sample / 1e9:.1f} GFLOP")
+    print(f"model FLOPs per sample (fwd+bwd): {per_sample / 1e9:.4f} GFLOP")
     if peak:
         for label, rate in (("bare", statistics.median(bare)), ("ours", statistics.median(ours))):
             print(f"MFU {label}: {per_sample * rate / peak * 100:.1f} % of {peak / 1e12:.0f} TFLOP/s (target >= 45 %)")
