@@ -191,3 +191,21 @@ def test_articles_and_plurals():
            ["a", "an", "an", "a", "an", "an"]
     assert [plural(w) for w in ("ship", "bus", "aircraft", "oil tank", "BMP2", "ferry")] == \
            ["ships", "buses", "aircraft", "oil tanks", "BMP2s", "ferries"]
+
+
+@pytest.mark.parametrize(("source", "label", "noun"), [
+    ("opensarship", "Cargo", "cargo ship"), ("opensarship", "Other", "miscellaneous vessel"),
+    ("sar_aircraft", "other", "miscellaneous aircraft"), ("sar_aircraft", "A330", "A330"),
+    ("mstar", "BRDM_2", "BRDM-2"), ("not_a_source", "Cargo", "cargo"),
+])
+def test_labels_that_are_modifiers_read_as_nouns(source, label, noun):
+    from lightning_sarclip.data.captions import label_noun
+
+    assert label_noun(source, label) == noun
+
+
+def test_opensarship_captions_name_a_ship_not_a_bare_type():
+    record = SARRecord("opensarship", "x", "train", ImageRef("unused.png"), labels=["Cargo"])
+    captions = " ".join(Captioner(styles=("general",), n_captions=4, seed=0).captions(record)).lower()
+    assert "cargo ship" in captions
+    assert "the cargo." not in captions and "a cargo." not in captions

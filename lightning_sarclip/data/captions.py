@@ -33,7 +33,7 @@ import random
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from lightning_sarclip.data.records import SARRecord
@@ -183,6 +183,26 @@ def pretty_classname(name: str) -> str:
     if not has_acronym:
         words = [w.lower() if w[:1].isupper() and w[1:].islower() else w for w in words]
     return " ".join(w for w in words if w)
+
+
+def label_noun(source: str, label: str) -> str:
+    """How a class label reads as a noun in a caption of ``source``.
+
+    A source may name classes by a modifier alone (OpenSARShip's AIS groups ``Cargo``, ``Fishing``; SAR-AIRcraft's
+    ``other``); its ``caption_nouns`` turns them into nouns ("cargo ship", "fishing vessel", "miscellaneous
+    aircraft"). Other labels, and records of unregistered sources, read as :func:`pretty_classname`.
+    """
+    return _caption_nouns(source).get(label) or pretty_classname(label)
+
+
+@cache
+def _caption_nouns(source: str) -> dict[str, str]:
+    from lightning_sarclip.data.sources.base import get_source
+
+    try:
+        return dict(get_source(source).caption_nouns)
+    except ValueError:  # not a registered source (synthetic scenes, ad-hoc records)
+        return {}
 
 
 def article(noun: str) -> str:
@@ -458,10 +478,10 @@ class Captioner:
             totals: dict[str, int] = {}
             for o in objects:
                 totals[o["label"]] = totals.get(o["label"], 0) + o["count"]
-            return _join([plural(pretty_classname(label)) if count > 1 else
-                          f"{article(pretty_classname(label))} {pretty_classname(label)}"
+            nouns = {label: label_noun(record.source, label) for label in totals}
+            return _join([plural(nouns[label]) if count > 1 else f"{article(nouns[label])} {nouns[label]}"
                           for label, count in totals.items()])
-        names = [pretty_classname(label) for label in record.labels]
+        names = [label_noun(record.source, label) for label in record.labels]
         if len(names) == 1:
             noun = names[0]
             return f"{rng.choice((article(noun), 'the'))} {noun}"
@@ -485,15 +505,16 @@ class Captioner:
             totals: dict[str, int] = {}
             for o in objects:
                 totals[o["label"]] = totals.get(o["label"], 0) + o["count"]
-            values["objects"] = _join([_count_phrase(c, pretty_classname(lab), rng) for lab, c in totals.items()])
+            values["objects"] = _join([_count_phrase(c, label_noun(record.source, lab), rng)
+                                       for lab, c in totals.items()])
         if style == "absolute":
             group = rng.choice(objects)
-            values.update(self._group(group, rng))
+            values.update(self._group(group, label_noun(record.source, group["label"]), rng))
         if style == "relative":
             first, second, relation = rng.choice(_relations(objects))
-            values.update(self._group(first, rng))
+            values.update(self._group(first, label_noun(record.source, first["label"]), rng))
             values["relation"] = relation
-            noun = pretty_classname(second["label"])
+            noun = label_noun(record.source, second["label"])
             other = f"the {noun}" if second["count"] == 1 else f"the {_count_phrase(second['count'], noun, rng)}"
             if second["label"] == first["label"]:  # "above the 2 ships" would be ambiguous: say which
                 other += f" {_LOCATION[second['position']]}"
@@ -501,9 +522,9 @@ class Captioner:
         return _sentence(template.format(**values))
 
     @staticmethod
-    def _group(group: Mapping[str, Any], rng: random.Random) -> dict[str, str]:
+    def _group(group: Mapping[str, Any], noun: str, rng: random.Random) -> dict[str, str]:
         return {
-            "objects": _count_phrase(group["count"], pretty_classname(group["label"]), rng, group.get("size")),
+            "objects": _count_phrase(group["count"], noun, rng, group.get("size")),
             "be": "is" if group["count"] == 1 else "are",
             "location": _LOCATION[group["position"]],
         }

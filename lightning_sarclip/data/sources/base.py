@@ -77,6 +77,8 @@ class SARSource:
     task: ClassVar[str] = "classification"
     #: metadata keys worth putting into captions; ``None`` = the captioner's defaults (sensor, band, ...).
     caption_fields: ClassVar[tuple[str, ...] | None] = None
+    #: class label -> the noun captions use, for labels that are modifiers alone ("Cargo" -> "cargo ship").
+    caption_nouns: ClassVar[dict[str, str]] = {}
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
         self.root = Path(root).expanduser()

@@ -442,6 +442,14 @@ class OpenSARShip(SARSource):
 
     splits: ClassVar[tuple[str, ...]] = ("all",)
     classnames: ClassVar[list[str]] = AIS_CLASSES
+    caption_nouns: ClassVar[dict[str, str]] = {
+        "Cargo": "cargo ship", "Tanker": "tanker", "Passenger": "passenger ship", "Fishing": "fishing vessel",
+        "Towing": "towing vessel", "Dredging": "dredger", "Diving": "diving support vessel",
+        "Military": "military vessel", "Sailing": "sailing vessel", "Wing in Ground": "wing-in-ground craft",
+        "Pilot": "pilot boat", "Search and Rescue": "search and rescue vessel", "Anti-pollution": "anti-pollution vessel",
+        "Law Enforcement": "law enforcement vessel", "Medical Transport": "medical transport vessel",
+        "Other": "miscellaneous vessel",
+    }
     default_policy: ClassVar[str | dict | Callable] = ProductPolicy()
     caption_fields: ClassVar[tuple[str, ...]] = (
         "elaborated_type", "length_m", "width_m", "polarization", "product_type", "incidence_deg", "sensor",

@@ -33,6 +33,7 @@ _CONSTANT_METADATA = {"sensor": "Gaofen-3", "band": "C", "resolution_m": 1.0, "i
 class SARAircraft(SARSource):
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     classnames: ClassVar[list[str]] = ["A220", "A320/321", "A330", "ARJ21", "Boeing737", "Boeing787", "other"]
+    caption_nouns: ClassVar[dict[str, str]] = {"other": "miscellaneous aircraft"}
     default_policy: ClassVar[str | dict] = "integer"
     task: ClassVar[str] = "detection"
     caption_fields: ClassVar[tuple[str, ...]] = ("sensor", "band", "resolution_m", "imaging_mode")
