@@ -10,6 +10,9 @@ A :class:`~lightning.pytorch.cli.LightningCLI` with the conventions of torchgeo'
 * A run directory is derived from the experiment's ``name`` (default: the stem of the first config file):
   ``<run_root>/<name>/`` holds ``config.yaml``, TensorBoard events and ``checkpoints/`` (with ``last.ckpt``),
   so repeating the command with ``--ckpt_path last`` resumes the same run.
+* A preemption signal (SIGUSR1 by default) is handled by :class:`~lightning_sarclip.preemption.PreemptionCheckpoint`
+  (``preemption:``): all ranks write ``last.ckpt`` at the next step boundary, a Slurm job requeues itself, and the
+  run stops unfinished. Inside Slurm, Lightning's own handler (which saves from inside the signal handler) is off.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import lightning_sarclip.eval.callbacks  # noqa: F401
 from lightning_sarclip.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
 from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.module import SARCLIPModule
+from lightning_sarclip.preemption import PreemptionCheckpoint, was_preempted, with_slurm_requeue_disabled
 from lightning_sarclip.runs import mark_finished, resume_checkpoint
 
 log = logging.getLogger("lightning_sarclip")
@@ -66,6 +70,9 @@ class SARCLIPCLI(LightningCLI):
         # ModelCheckpoint's arguments; last.ckpt is also rewritten at every epoch end and at the end of training.
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+        # Preemption signals -> consistent last.ckpt at a step boundary + Slurm requeue; `preemption.signals: []`
+        # switches it off (and leaves Slurm to Lightning's in-handler hpc_ckpt save).
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
         parser.link_arguments("data.init_args.in_chans", "model.init_args.in_chans")
         parser.link_arguments("model.init_args.model_name", "data.init_args.tokenizer")
@@ -88,6 +95,8 @@ class SARCLIPCLI(LightningCLI):
         # Atomic checkpoint writes (a kill during a save cannot truncate last.ckpt), unless the config sets its own.
         trainer["plugins"] = with_atomic_checkpoint_io(trainer.get("plugins"), trainer.get("strategy"),
                                                        trainer.get("accelerator"))
+        if config["preemption"].get("signals"):
+            trainer["plugins"] = with_slurm_requeue_disabled(trainer["plugins"], trainer.get("strategy"))
 
     def before_fit(self) -> None:
         """``--ckpt_path last``: the newest of ``last.ckpt`` and Lightning's Slurm ``hpc_ckpt_*``, or a fresh start.
@@ -104,9 +113,12 @@ class SARCLIPCLI(LightningCLI):
                 log.info("resuming %s from %s", config.get("name"), found)
 
     def after_fit(self) -> None:
-        """Mark a run that reached its end (``finished.json``): sweeps skip it, restarts know it is done."""
+        """Mark a run that reached its end (``finished.json``): sweeps skip it, restarts know it is done.
+
+        A run stopped by a preemption signal (:mod:`lightning_sarclip.preemption`) has not reached its end.
+        """
         trainer = self.trainer
-        if trainer.fast_dev_run or trainer.interrupted or not trainer.fit_loop.done:
+        if trainer.fast_dev_run or trainer.interrupted or not trainer.fit_loop.done or was_preempted(trainer):
             return
         if trainer.is_global_zero:
             mark_finished(trainer.default_root_dir, global_step=trainer.global_step, epoch=trainer.current_epoch,

@@ -3,9 +3,11 @@
 A training run lives in ``<run_root>/<name>/`` (see :mod:`lightning_sarclip.cli`). Two kinds of checkpoint can be
 there when a preempted job starts again:
 
-* ``checkpoints/last.ckpt``, written by ``ModelCheckpoint`` (every N steps / every epoch);
-* ``hpc_ckpt_<k>.ckpt``, written by Lightning's Slurm handler when the job received its preemption signal
-  (``#SBATCH --signal=SIGUSR1@90``) just before it requeued itself.
+* ``checkpoints/last.ckpt``, written by ``ModelCheckpoint`` (every N steps / every epoch) and, at the step boundary
+  after a preemption signal, by :class:`~lightning_sarclip.preemption.PreemptionCheckpoint` (the CLI's default);
+* ``hpc_ckpt_<k>.ckpt``, written by Lightning's own Slurm handler (only when that callback is switched off with
+  ``preemption.signals: []``) from inside the signal handler, just before it requeued the job. It is saved at an
+  arbitrary point of a step, so resuming from it is not exact.
 
 Lightning only looks at the second kind when ``ckpt_path`` is ``None``, and only at the first when it is ``"last"``;
 a job that was requeued from outside (``scontrol requeue``, a node failure) has no HPC checkpoint at all. So

@@ -48,8 +48,8 @@ class SlurmSettings:
         tasks_per_node: processes per node for CPU runs (default 1; with GPUs it is ``gpus_per_node``).
         cpus_per_task, mem, time, partition, account, qos: the usual ``#SBATCH`` options (``None`` = leave out).
         max_parallel: at most this many array tasks at once (``--array=...%N``).
-        signal_seconds: Lightning's preemption signal (SIGUSR1) this many seconds before the time limit: it saves
-            ``hpc_ckpt_*.ckpt`` and requeues the task.
+        signal_seconds: the preemption signal (SIGUSR1) this many seconds before the time limit: the run writes
+            ``last.ckpt`` at the next step and requeues the task (:mod:`lightning_sarclip.preemption`).
         python: interpreter on the compute nodes (default: the one running ``sweep``).
         setup: shell lines run before training (``module load ...``, ``source .venv/bin/activate``).
         extra: further ``#SBATCH`` options, e.g. ``--constraint=h100``.

@@ -1,9 +1,11 @@
-"""Slurm for real: a local slurmctld + slurmd, a 2-task sweep array, and a requeued job that resumes.
+"""Slurm for real: a local slurmctld + slurmd, a 2-task sweep array, and interrupted jobs that resume exactly.
 
 ``tests/slurm/local_cluster.sh`` installs Debian's slurm-wlm and munge when they are missing (root only) and
-starts a one-node cluster whose state lives in a temporary folder. Both tests train the same tiny config: the
-sweep's tasks run it uninterrupted, the requeue test runs it through ``experiments/slurm/fit.sbatch``, requeues
-it from outside in the middle of training, and compares the step count (and the weights) of the two.
+starts a one-node cluster whose state lives in a temporary folder. All tests train the same tiny config: the
+sweep's tasks run it uninterrupted; two jobs run it through ``experiments/slurm/fit.sbatch`` and are interrupted
+in the middle of training, one requeued from outside (``scontrol requeue``), one sent the preemption signal the
+way Slurm sends it (``scancel --signal=USR1``, to the job step's processes), after which it must checkpoint and
+requeue itself. Both must end at the step of the uninterrupted run with bit-identical weights.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ TRAIN_CONFIG = {
         "limit_val_batches": 1,
         "enable_progress_bar": False,
         "enable_model_summary": False,
+        "deterministic": True,
         "callbacks": [{"class_path": "tests.helpers.SlowSteps", "init_args": {"seconds": 0.25}}],
     },
     "model": {
@@ -135,48 +138,97 @@ def test_sweep_array_runs_every_task_to_the_end(sweep_runs):
     assert len(logs) == 2
 
 
-def test_requeued_job_resumes_and_ends_at_the_same_step(slurm_env, train_config, sweep_runs, tmp_path):
+def _submit_fit(name: str, env: dict, train_config: Path, tmp_path: Path, *extra: str) -> tuple[str, Path, Path]:
+    """``sbatch experiments/slurm/fit.sbatch`` of the tiny config on 1 CPU task; (job id, logs, last.ckpt)."""
     logs = tmp_path / "logs"
     logs.mkdir()
     submit = [
         "sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--mem=1000",
-        "--job-name=requeue-test", f"--output={logs}/%j.out",
+        f"--job-name={name}-test", f"--output={logs}/%j.out",
         str(REPO_ROOT / "experiments" / "slurm" / "fit.sbatch"), str(train_config),
-        "--name", "requeued", "--run_root", str(tmp_path / "runs"),
+        "--name", name, "--run_root", str(tmp_path / "runs"), *extra,
     ]
-    result = _run(submit, slurm_env)
+    result = _run(submit, env)
     assert result.returncode == 0, result.stderr
-    job_id = result.stdout.strip().split(";")[0]
-    last = tmp_path / "runs" / "requeued" / "checkpoints" / "last.ckpt"
+    return result.stdout.strip().split(";")[0], logs, tmp_path / "runs" / name / "checkpoints" / "last.ckpt"
 
+
+def _wait_for_step(job_id: str, last: Path, step: int, env: dict, logs: Path) -> int:
     deadline = time.monotonic() + 240
-    while _checkpoint_step(last) < 5:
-        assert time.monotonic() < deadline, f"no checkpoint at step >= 5 after 240 s:\n{_logs(logs)}"
-        assert _job_state(job_id, slurm_env), f"job ended before it could be requeued:\n{_logs(logs)}"
+    while _checkpoint_step(last) < step:
+        assert time.monotonic() < deadline, f"no checkpoint at step >= {step} after 240 s:\n{_logs(logs)}"
+        assert _job_state(job_id, env), f"job ended before it could be interrupted:\n{_logs(logs)}"
         time.sleep(0.2)
-    interrupted_at = _checkpoint_step(last)
-    assert interrupted_at < STEPS - 3, "the job ran too fast to be requeued in the middle"
-    requeue = _run(["scontrol", "requeue", job_id], slurm_env)
-    assert requeue.returncode == 0, requeue.stderr
-    # Once the old allocation is cleaned up the job is PENDING again, eligible only after a delay (about 2
-    # minutes); move its start to now. (Updating earlier is undone by the requeue itself.)
+    reached = _checkpoint_step(last)
+    assert reached < STEPS - 3, "the job ran too fast to be interrupted in the middle"
+    return reached
+
+
+def _release_when_pending(job_id: str, env: dict, logs: Path) -> None:
+    """Once the old allocation is cleaned up a requeued job is PENDING again, eligible only after a delay (about 2
+    minutes); move its start to now. (Updating earlier is undone by the requeue itself.)"""
     deadline = time.monotonic() + 120
-    while _job_state(job_id, slurm_env) != "PENDING":
+    while _job_state(job_id, env) != "PENDING":
         assert time.monotonic() < deadline, f"the requeued job never became PENDING:\n{_logs(logs)}"
         time.sleep(0.5)
-    released = _run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], slurm_env)
+    released = _run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env)
     assert released.returncode == 0, released.stderr
-    _wait_until_gone(job_id, slurm_env, timeout=300, logs=logs)
 
+
+def _assert_finished_like_the_uninterrupted_run(job_id: str, run_dir: Path, sweep_runs: Path, env: dict,
+                                                logs: Path) -> str:
     text = _logs(logs)
     assert "restart 1" in text, text[-3000:]
-    assert "Restoring states from the checkpoint path" in text, text[-3000:]
-    record = finished(tmp_path / "runs" / "requeued")
-    assert record is not None, f"the requeued run did not finish:\n{text[-3000:]}"
-    reference = finished(sweep_runs / "seed_everything=0")
-    assert record["global_step"] == reference["global_step"] == STEPS
-    show = _run(["scontrol", "show", "job", job_id], slurm_env).stdout
+    assert f"Restoring states from the checkpoint path at {run_dir / 'checkpoints' / 'last.ckpt'}" in text, text[-3000:]
+    record = finished(run_dir)
+    assert record is not None, f"the interrupted run did not finish:\n{text[-3000:]}"
+    reference = sweep_runs / "seed_everything=0"
+    assert record["global_step"] == finished(reference)["global_step"] == STEPS
+    weights = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    expected = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert weights.keys() == expected.keys()
+    differ = [k for k in weights if not torch.equal(weights[k], expected[k])]
+    assert not differ, f"{len(differ)} tensors differ from the uninterrupted run, e.g. {differ[:3]}"
+    show = _run(["scontrol", "show", "job", job_id], env).stdout
     assert "Restarts=1" in show, show
+    return text
+
+
+def test_requeued_job_resumes_and_ends_at_the_same_step(slurm_env, train_config, sweep_runs, tmp_path):
+    job_id, logs, last = _submit_fit("requeued", slurm_env, train_config, tmp_path)
+    _wait_for_step(job_id, last, 5, slurm_env, logs)
+    requeue = _run(["scontrol", "requeue", job_id], slurm_env)
+    assert requeue.returncode == 0, requeue.stderr
+    _release_when_pending(job_id, slurm_env, logs)
+    _wait_until_gone(job_id, slurm_env, timeout=300, logs=logs)
+    _assert_finished_like_the_uninterrupted_run(job_id, tmp_path / "runs" / "requeued", sweep_runs, slurm_env, logs)
+
+
+def test_preemption_signal_checkpoints_at_a_step_and_the_job_requeues_itself(slurm_env, train_config, sweep_runs,
+                                                                            tmp_path):
+    # One loader worker: Slurm signals every process of the step, the worker included, and it must survive that.
+    job_id, logs, last = _submit_fit("preempted", slurm_env, train_config, tmp_path,
+                                     "--data.init_args.num_workers", "1")
+    signalled_at = _wait_for_step(job_id, last, 5, slurm_env, logs)
+    # What `#SBATCH --signal=SIGUSR1@90` does before the time limit: the signal goes to the job step's processes
+    # (the srun'd python), not to the batch shell. No requeue from here: the job must do it.
+    signal = _run(["scancel", "--signal=USR1", job_id], slurm_env)
+    assert signal.returncode == 0, signal.stderr
+    _release_when_pending(job_id, slurm_env, logs)
+    saved = torch.load(last, map_location="cpu", weights_only=True)  # what the restart resumes from
+    step, loader = saved["global_step"], saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert signalled_at <= step < STEPS
+    steps_per_epoch = NUM_TRAIN // BATCH
+    assert loader == [{"epoch": step // steps_per_epoch, "batches": step % steps_per_epoch,
+                       "num_batches": steps_per_epoch}] or loader == [
+        {"epoch": step // steps_per_epoch - 1, "batches": steps_per_epoch, "num_batches": steps_per_epoch}]
+    _wait_until_gone(job_id, slurm_env, timeout=300, logs=logs)
+
+    run_dir = tmp_path / "runs" / "preempted"
+    text = _assert_finished_like_the_uninterrupted_run(job_id, run_dir, sweep_runs, slurm_env, logs)
+    assert "preemption: signal received (SIGUSR1)" in text, text[-3000:]
+    assert f"preemption: requeued Slurm job {job_id}" in text, text[-3000:]
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning's in-handler save stayed off
 
 
 def _logs(folder: Path) -> str:
