@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_sarclip.data  # noqa: F401  (registers the datamodules for class_path short names)
@@ -118,11 +119,19 @@ class SARCLIPCLI(LightningCLI):
         A run stopped by a preemption signal (:mod:`lightning_sarclip.preemption`) has not reached its end.
         """
         trainer = self.trainer
-        if trainer.fast_dev_run or trainer.interrupted or not trainer.fit_loop.done or was_preempted(trainer):
+        if not fit_completed(trainer):
             return
         if trainer.is_global_zero:
             mark_finished(trainer.default_root_dir, global_step=trainer.global_step, epoch=trainer.current_epoch,
                           name=self.config_init["fit"].get("name"))
+
+
+def fit_completed(trainer: Trainer) -> bool:
+    """Whether the trainer's last ``fit`` reached its end: not a smoke run, not interrupted, not preempted.
+
+    Every rank computes the same answer (unlike reading ``finished.json``, which rank 0 may not have written yet).
+    """
+    return not (trainer.fast_dev_run or trainer.interrupted or was_preempted(trainer)) and trainer.fit_loop.done
 
 
 def _name_from_configs(configs: Any) -> str | None:

@@ -82,8 +82,12 @@ def final_checkpoint(config: CurriculumConfig, index: int) -> Path:
 
 
 def run(config: CurriculumConfig) -> list[Path]:
-    """Run (or resume) every stage in order; returns each stage's final checkpoint."""
-    from lightning_sarclip.cli import SARCLIPCLI
+    """Run (or resume) every stage in order; returns the final checkpoint of each stage that finished.
+
+    A stage stopped before its end (a preemption signal, see :mod:`lightning_sarclip.preemption`) is not marked
+    done and the curriculum stops there; repeating the command resumes that stage.
+    """
+    from lightning_sarclip.cli import SARCLIPCLI, fit_completed
 
     names = [s.name for s in config.stages]
     if len(set(names)) != len(names) or not names:
@@ -98,6 +102,11 @@ def run(config: CurriculumConfig) -> list[Path]:
         args = stage_args(config, index)
         log.info("curriculum %s: stage %s: %s", config.name, stage.name, " ".join(args))
         cli = SARCLIPCLI(args=args)
+        if not fit_completed(cli.trainer):
+            # Preempted (the job has requeued itself) or stopped: the next run of the command resumes this stage.
+            log.warning("curriculum %s: stage %s stopped before its end; repeat the command to resume it",
+                        config.name, stage.name)
+            return finals
         last = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt" if cli.trainer.checkpoint_callback else None
         if last is None or not last.exists():
             raise RuntimeError(f"curriculum: stage {stage.name!r} wrote no last.ckpt (checkpointing disabled?)")

@@ -64,3 +64,21 @@ def test_stage_names_must_be_unique(tmp_path):
     config.stages[1].name = config.stages[0].name
     with pytest.raises(ValueError, match="unique"):
         run(config)
+
+
+def test_a_preempted_stage_is_not_marked_done_and_resumes(tmp_path, corpus, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    config = _tiny(config_from_args(["--config", "experiments/curriculum/two_stage_vitl14.yaml"]), tmp_path, corpus)
+    # SIGUSR1 arrives during the first step of stage 1: PreemptionCheckpoint (on by default) checkpoints after it
+    # and stops the stage there.
+    config.stages[0].overrides["trainer.callbacks"] = [
+        {"class_path": "tests.test_preemption.SignalDuringStep", "init_args": {"step": 0}}]
+    config.stages[0].overrides["data"]["init_args"]["batch_size"] = 1  # 3 training images, 2 steps (limit)
+    assert run(config) == []
+    optical_dir = tmp_path / "two_stage_vitl14" / "optical"
+    assert not (optical_dir / "stage_done.json").exists()
+    assert torch.load(optical_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert not (tmp_path / "two_stage_vitl14" / "sar").exists()  # the next stage did not start
+    first, second = run(config)  # resumes stage 1 at step 1 (no signal there), then runs stage 2
+    assert torch.load(first, weights_only=True)["global_step"] == 2
+    assert (optical_dir / "stage_done.json").exists()
