@@ -85,7 +85,19 @@ def test_lightning_in_handler_save_is_disabled_only_where_lightning_would_pick_s
     assert with_slurm_requeue_disabled(None, strategy, slurm) is None
 
 
+def _restore_rank_zero(monkeypatch) -> None:
+    """A trainer built as rank 1 sets Lightning's process-wide rank-zero flags; put them back after the test, or
+    later tests in this process lose every rank-zero log line and printed result."""
+    import lightning.fabric.utilities.rank_zero as fabric_rank_zero
+    import lightning.pytorch.utilities.rank_zero as pytorch_rank_zero
+    import lightning_utilities.core.rank_zero as utils_rank_zero
+
+    for module in (fabric_rank_zero, pytorch_rank_zero, utils_rank_zero):
+        monkeypatch.setattr(module.rank_zero_only, "rank", module.rank_zero_only.rank)
+
+
 def test_cli_adds_the_callback_and_keeps_slurm_ranks(tmp_path, monkeypatch):
+    _restore_rank_zero(monkeypatch)
     config = _config(tmp_path / "tiny.yaml")
     base = ["--config", str(config), "--run_root", str(tmp_path / "runs"), "--trainer.callbacks", "[]"]
     cli = SARCLIPCLI(args=base, run=False)
