@@ -31,7 +31,13 @@ import lightning_sarclip.eval.callbacks  # noqa: F401
 from lightning_sarclip.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
 from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.module import SARCLIPModule
-from lightning_sarclip.preemption import PreemptionCheckpoint, was_preempted, with_slurm_requeue_disabled
+from lightning_sarclip.preemption import (
+    EXIT_PREEMPTED,
+    PreemptionCheckpoint,
+    stopped_without_requeue,
+    was_preempted,
+    with_slurm_requeue_disabled,
+)
 from lightning_sarclip.runs import mark_finished, resume_checkpoint
 
 log = logging.getLogger("lightning_sarclip")
@@ -155,4 +161,6 @@ def main(args: list[str] | None = None) -> None:
         importlib.import_module(module_name).main(argv[1:])
         return
     # args=None lets LightningCLI read sys.argv itself (passing both makes it warn).
-    SARCLIPCLI(args=None if args is None else argv)
+    cli = SARCLIPCLI(args=None if args is None else argv)
+    if cli.subcommand == "fit" and stopped_without_requeue(cli.trainer):
+        raise SystemExit(EXIT_PREEMPTED)

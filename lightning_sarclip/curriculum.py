@@ -125,5 +125,11 @@ def config_from_args(args: list[str]) -> CurriculumConfig:
     return parse_dataclass_config(CurriculumConfig, args, "python -m lightning_sarclip curriculum")
 
 def main(args: list[str]) -> list[Path]:
+    from lightning_sarclip.preemption import EXIT_PREEMPTED
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return run(config_from_args(args))
+    config = config_from_args(args)
+    finals = run(config)
+    if len(finals) < len(config.stages):  # a stage was preempted: not done, the command has to run again
+        raise SystemExit(EXIT_PREEMPTED)
+    return finals

@@ -52,7 +52,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger("lightning_sarclip")
 
-_INTERACTIVE_JOB_NAMES = ("bash", "interactive")  # Lightning's convention: such Slurm jobs are not managed by Slurm
+_INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+#: Exit status of a command whose run was stopped by a preemption signal and not requeued (sysexits' EX_TEMPFAIL:
+#: "try again later"), so that a scheduler restarting failed jobs restarts it rather than taking it as done.
+EXIT_PREEMPTED = 75  # Lightning's convention: such Slurm jobs are not managed by Slurm
 
 
 def _parse_signal(name: str | int) -> signal.Signals | None:
@@ -251,6 +254,12 @@ class PreemptionCheckpoint(pl.Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._finish(trainer)  # teardown hooks do not run when fit raises
+
+
+def stopped_without_requeue(trainer: pl.Trainer) -> bool:
+    """Preempted, and no Slurm requeue will restart it: whoever runs the command has to (see :data:`EXIT_PREEMPTED`)."""
+    return any(isinstance(cb, PreemptionCheckpoint) and cb.preempted_at is not None and cb.requeued is None
+               for cb in trainer.callbacks)
 
 
 def was_preempted(trainer: pl.Trainer) -> bool:

@@ -248,6 +248,22 @@ def test_sigterm_from_another_scheduler_stops_at_the_step_without_requeue(tmp_pa
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_the_command_exits_with_tempfail_when_stopped_and_not_requeued(tmp_path):
+    """Outside Slurm nobody requeues: `python -m lightning_sarclip fit` exits 75 (EX_TEMPFAIL), not 0, so a scheduler
+    that restarts failed jobs runs it again (and the rerun resumes)."""
+    from lightning_sarclip.cli import main
+
+    config = _config(tmp_path / "usr1.yaml", [{"class_path": "tests.test_preemption.SignalDuringStep",
+                                               "init_args": {"step": 2}}])
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--config", str(config), "--run_root", str(tmp_path / "runs"), "--trainer.max_epochs", "1"])
+    assert stopped.value.code == preemption.EXIT_PREEMPTED == 75
+    assert finished(tmp_path / "runs" / "run") is None
+    main(["fit", "--config", str(config), "--run_root", str(tmp_path / "runs"), "--trainer.max_epochs", "1",
+          "--ckpt_path", "last"])  # resumes after step 3 (no signal any more) and ends normally
+    assert finished(tmp_path / "runs" / "run")["global_step"] == STEPS_PER_EPOCH
+
+
 # ---------------------------------------------------------------------------------------------------- DDP
 
 
