@@ -96,6 +96,7 @@ class SweepConfig:
         submit: call ``sbatch`` (default: write everything and print the command).
         check: parse every run's config with the training CLI first (catches misspelt keys and bad values
             before anything is queued).
+        force: submit even while an earlier array of this sweep is still queued or running.
     """
 
     name: str
@@ -107,6 +108,7 @@ class SweepConfig:
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     submit: bool = False
     check: bool = True
+    force: bool = False
 
 
 @dataclass
@@ -261,7 +263,7 @@ def write_sweep(config: SweepConfig) -> list[Run]:
     if config.check and pending:
         check_runs(pending, bases)
     _write_text_atomic(out / "runs.txt", "".join(f"{r.config_path}\n" for r in pending))
-    _write_text_atomic(out / "sweep.sbatch", array_script(config, bases, len(pending)))
+    _write_text_atomic(out / "sweep.sbatch", array_script(config, bases, [r.config_path.resolve() for r in pending]))
     write_json_atomic(out / "manifest.json", {
         "name": config.name,
         "configs": [str(b) for b in bases],
@@ -277,10 +279,11 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def array_script(config: SweepConfig, bases: list[Path], n_pending: int) -> str:
-    """The ``sbatch`` array script: task ``i`` trains the run on line ``i`` of ``runs.txt``."""
+def array_script(config: SweepConfig, bases: list[Path], run_configs: list[Path]) -> str:
+    """The ``sbatch`` array script: task ``i`` trains the run of ``run_configs[i]`` (the lines of ``runs.txt``)."""
     slurm = config.slurm
     out = sweep_dir(config).resolve()
+    n_pending = len(run_configs)
     array = f"0-{max(n_pending, 1) - 1}" + (f"%{slurm.max_parallel}" if slurm.max_parallel else "")
     directives = [
         f"--job-name={slurm.job_name or 'sarclip-' + config.name}",
@@ -311,7 +314,11 @@ def array_script(config: SweepConfig, bases: list[Path], n_pending: int) -> str:
         "set -euo pipefail",
         f"cd {shlex.quote(str(Path.cwd().resolve()))}",
         *slurm.setup,
-        f"mapfile -t RUNS < {shlex.quote(str(out / 'runs.txt'))}",
+        # The run list is part of the script (sbatch keeps a copy at submission), so rewriting runs.txt later (a dry
+        # run, a new submission) cannot shift what the tasks of an array already queued will train.
+        "RUNS=(",
+        *(f"    {shlex.quote(str(path))}" for path in run_configs),
+        ")",
         'RUN_CONFIG=${RUNS[$SLURM_ARRAY_TASK_ID]}',
         'echo "[$(date -Is)] task $SLURM_ARRAY_TASK_ID (restart ${SLURM_RESTART_COUNT:-0}): $RUN_CONFIG"',
         f"srun {shlex.quote(python)} -m lightning_sarclip fit {config_args} --config \"$RUN_CONFIG\" --ckpt_path last",
@@ -343,6 +350,24 @@ def check_runs(runs: list[Run], bases: list[Path]) -> None:
                              "(the error is printed above)") from error
 
 
+def active_submissions(out: Path) -> list[str]:
+    """Job ids of this sweep's earlier submissions that Slurm still has queued or running."""
+    record = out / "submissions.jsonl"
+    if not record.exists() or shutil.which("squeue") is None:
+        return []
+    ids = [json.loads(line)["job_id"] for line in record.read_text().splitlines() if line.strip()]
+    if not ids:
+        return []
+    result = subprocess.run(["squeue", "-h", "-o", "%F", "-j", ",".join(ids)], capture_output=True, text=True)
+    # squeue fails for ids it has forgotten (long finished); only what it lists is still active.
+    listed = set(result.stdout.split()) if result.returncode == 0 else set()
+    if result.returncode != 0:
+        for job_id in ids:  # ask one by one, so one forgotten id does not hide an active one
+            one = subprocess.run(["squeue", "-h", "-o", "%F", "-j", job_id], capture_output=True, text=True)
+            listed.update(one.stdout.split() if one.returncode == 0 else [])
+    return [job_id for job_id in ids if job_id in listed]
+
+
 def submit(script: Path) -> str:
     """``sbatch --parsable script`` -> job id."""
     if shutil.which("sbatch") is None:
@@ -358,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     from lightning_sarclip.config import parse_dataclass_config
 
     # ``--submit`` / ``--no-check`` read as flags (jsonargparse wants ``--submit true``).
-    flags = {"--submit": ["--submit", "true"], "--no-check": ["--check", "false"]}
+    flags = {"--submit": ["--submit", "true"], "--no-check": ["--check", "false"], "--force": ["--force", "true"]}
     args = [a for arg in (argv or []) for a in flags.get(arg, [arg])]
     config = parse_dataclass_config(SweepConfig, args, prog="lightning_sarclip sweep")
     try:
@@ -378,6 +403,12 @@ def main(argv: list[str] | None = None) -> None:
     if not config.submit:
         print(f"dry run: wrote {out}; submit with\n  sbatch {script}\nor repeat this command with --submit")
         return
+    active = active_submissions(out)
+    if active and not config.force:
+        print(f"error: array job(s) {', '.join(active)} of this sweep are still queued or running; their unfinished "
+              "runs would be trained twice into the same folders. Wait for them, `scancel` them, or pass --force.",
+              file=sys.stderr)
+        raise SystemExit(2)
     job_id = submit(script)
     with open(out / "submissions.jsonl", "a") as f:
         f.write(json.dumps({"job_id": job_id, "runs": [r.name for r in pending]}) + "\n")

@@ -3,6 +3,8 @@ tests/test_slurm.py submits a sweep to a real local cluster)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import pytest
@@ -144,3 +146,44 @@ def test_every_ablation_file_expands_and_parses(path, tmp_path, monkeypatch, cap
     monkeypatch.chdir(REPO_ROOT)
     sweep.main(["--config", str(path), "--run_root", str(tmp_path)])
     assert "dry run" in capsys.readouterr().out
+
+
+def _fake_slurm(tmp_path, monkeypatch, queued: str) -> None:
+    """``squeue`` that lists ``queued`` for any id, ``sbatch`` that answers job 124."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho '{queued}'\n")
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 124\n")
+    for tool in ("squeue", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_a_second_submission_is_refused_while_the_first_array_is_active(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)
+    ablation = tmp_path / "abl.yaml"
+    ablation.write_text(yaml.safe_dump({"name": "abl", "configs": [QUICK], "run_root": str(tmp_path / "runs"),
+                                        "grid": {"model.init_args.lr": [1e-4, 2e-4]}}))
+    out = tmp_path / "runs" / "abl" / "sweep"
+    out.mkdir(parents=True)
+    (out / "submissions.jsonl").write_text('{"job_id": "123", "runs": []}\n')
+    _fake_slurm(tmp_path, monkeypatch, queued="123")
+    with pytest.raises(SystemExit) as refused:
+        sweep.main(["--config", str(ablation), "--submit", "--no-check"])
+    assert refused.value.code == 2 and "123" in capsys.readouterr().err
+    sweep.main(["--config", str(ablation), "--submit", "--no-check", "--force"])
+    assert "submitted array job 124" in capsys.readouterr().out
+    assert [json.loads(line)["job_id"] for line in (out / "submissions.jsonl").read_text().splitlines()] == ["123", "124"]
+
+
+def test_the_array_script_carries_its_own_run_list(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    runs = write_sweep(_config(tmp_path))
+    script = (tmp_path / "runs" / "abl" / "sweep" / "sweep.sbatch").read_text()
+    listed = script.split("RUNS=(\n")[1].split("\n)")[0].split("\n")
+    assert [line.strip().strip("'") for line in listed] == [str(r.config_path.resolve()) for r in runs]
+    assert "runs.txt" not in script.split("RUNS=(")[1]  # a later rewrite of runs.txt cannot shift queued tasks
+    mark_finished(runs[0].run_dir, global_step=1)
+    write_sweep(_config(tmp_path))  # the next script lists the remaining runs only
+    script = (tmp_path / "runs" / "abl" / "sweep" / "sweep.sbatch").read_text()
+    assert str(runs[0].config_path.resolve()) not in script and "#SBATCH --array=0-2\n" in script
