@@ -70,8 +70,8 @@ class CaptionCollate:
 
     Training (``all_captions=False``) takes one caption per sample, drawn from the sample's ``"seed"`` (set by
     :class:`~lightning_sarclip.data.samplers.SeededDataset`), so the choice depends on neither the worker nor a
-    restart; samples without a seed fall back to the torch RNG. Evaluation (``all_captions=True``) keeps all K captions of each image, ``text`` is then
-    ``(B, K, L)``, which retrieval metrics need.
+    restart; samples without a seed fall back to the torch RNG. Evaluation (``all_captions=True``) keeps all K
+    captions of each image, ``text`` is then ``(B, K, L)``, which retrieval metrics need.
     """
 
     def __init__(self, tokenizer: Callable[..., torch.Tensor], all_captions: bool) -> None:

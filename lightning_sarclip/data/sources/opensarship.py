@@ -446,8 +446,8 @@ class OpenSARShip(SARSource):
         "Cargo": "cargo ship", "Tanker": "tanker", "Passenger": "passenger ship", "Fishing": "fishing vessel",
         "Towing": "towing vessel", "Dredging": "dredger", "Diving": "diving support vessel",
         "Military": "military vessel", "Sailing": "sailing vessel", "Wing in Ground": "wing-in-ground craft",
-        "Pilot": "pilot boat", "Search and Rescue": "search and rescue vessel", "Anti-pollution": "anti-pollution vessel",
-        "Law Enforcement": "law enforcement vessel", "Medical Transport": "medical transport vessel",
+        "Pilot": "pilot boat", "Search and Rescue": "search and rescue vessel",
+        "Anti-pollution": "anti-pollution vessel", "Law Enforcement": "law enforcement vessel", "Medical Transport": "medical transport vessel",
         "Other": "miscellaneous vessel",
     }
     default_policy: ClassVar[str | dict | Callable] = ProductPolicy()
