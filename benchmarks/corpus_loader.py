@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lightning_sarclip.data.corpus import CorpusConfig, CorpusSource, build_corpus  # noqa: E402
-from lightning_sarclip.data.corpus_datamodule import CorpusDataModule  # noqa: E402
+from lightning_sarclip.training import CorpusDataModule  # noqa: E402
 
 
 def time_loader(root: str, workers: int, batches: int, batch_size: int, warmup: int = 3) -> float:

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from train_step import Batches, make_batches  # noqa: E402
 
-from lightning_sarclip.module import SARCLIPModule  # noqa: E402
+from lightning_sarclip.training.module import SARCLIPModule  # noqa: E402
 
 
 def peak_memory(model_name: str, batch_size: int, steps: int, precision: str, grad_checkpointing: bool,

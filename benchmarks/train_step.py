@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from open_clip.loss import ClipLoss  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from lightning_sarclip.module import SARCLIPModule  # noqa: E402
+from lightning_sarclip.training.module import SARCLIPModule  # noqa: E402
 
 
 class Batches(Dataset):

@@ -1,6 +1,6 @@
-"""``python -m lightning_sarclip ...`` (see :mod:`lightning_sarclip.cli`)."""
+"""``python -m lightning_sarclip <command> ...`` (see :mod:`lightning_sarclip.commands`)."""
 
-from lightning_sarclip.cli import main
+from lightning_sarclip.commands import main
 
 if __name__ == "__main__":
     main()

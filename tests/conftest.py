@@ -27,7 +27,8 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def fixture_corpus(tmp_path_factory) -> Path:
     """The corpus built from every source's committed fixtures (experiments/corpus/fixtures.yaml), once per session."""
-    from lightning_sarclip.data.corpus import build_corpus, config_from_args
+    from lightning_sarclip.commands.build_corpus import config_from_args
+    from lightning_sarclip.data.corpus import build_corpus
 
     out = tmp_path_factory.mktemp("corpus") / "fixtures"
     cwd = os.getcwd()

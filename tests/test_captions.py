@@ -15,7 +15,7 @@ from lightning_sarclip.data.captions import (
     pretty_classname,
 )
 from lightning_sarclip.data.records import ImageRef, SARRecord
-from lightning_sarclip.eval.templates import TEMPLATE_SETS
+from lightning_sarclip.data.templates import TEMPLATE_SETS
 
 OBJECTS = [
     {"label": "ship", "count": 5, "position": "upper right", "size": "small"},

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from lightning_sarclip.cli import SARCLIPCLI, main
+from lightning_sarclip.commands import main
+from lightning_sarclip.commands.fit import SARCLIPCLI
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 QUICK = str(REPO_ROOT / "experiments" / "quickstart.yaml")
@@ -39,7 +40,7 @@ def test_print_config_round_trips(tmp_path):
         capture_output=True, text=True, check=True, cwd=REPO_ROOT,
     ).stdout
     config = yaml.safe_load(printed)
-    assert config["model"]["class_path"] == "lightning_sarclip.module.SARCLIPModule"
+    assert config["model"]["class_path"] == "lightning_sarclip.training.module.SARCLIPModule"
     # Linked values are derived, so they are not in the printed config (nothing to disagree with).
     assert "tokenizer" not in config["data"]["init_args"]
     assert "image_size" not in config["model"]["init_args"]

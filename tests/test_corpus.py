@@ -14,16 +14,17 @@ import pytest
 import yaml
 from PIL import Image
 
+from lightning_sarclip.commands.build_corpus import config_from_args
 from lightning_sarclip.data.corpus import (
     CorpusConfig,
     CorpusSource,
     build_corpus,
-    config_from_args,
     decode_png,
     perceptual_hash,
     read_shard,
 )
-from lightning_sarclip.data.corpus_datamodule import CorpusDataModule, WeightedEpochSampler
+from lightning_sarclip.data.samplers import WeightedEpochSampler
+from lightning_sarclip.training.datamodules import CorpusDataModule
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 FIXTURES = REPO_ROOT / "experiments" / "corpus" / "fixtures.yaml"
@@ -206,12 +207,12 @@ def test_corpus_datamodule_batches_and_weights(built):
 
 
 def test_fit_on_the_fixture_corpus_with_the_cli(built, tmp_path):
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     out, _ = built
     config = tmp_path / "corpus_data.yaml"
     config.write_text(yaml.safe_dump({"data": {
-        "class_path": "lightning_sarclip.data.corpus_datamodule.CorpusDataModule",
+        "class_path": "lightning_sarclip.training.CorpusDataModule",
         "init_args": {"root": str(out), "batch_size": 4, "image_size": 32, "num_workers": 0},
     }}))
     main(["fit", "--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"), "--config", str(config),

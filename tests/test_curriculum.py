@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_sarclip.curriculum import config_from_args, run, stage_args
+from lightning_sarclip.commands.curriculum import config_from_args, run, stage_args
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 TINY = {

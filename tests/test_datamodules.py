@@ -8,13 +8,13 @@ import pytest
 import torch
 from lightning.pytorch import seed_everything
 
-from lightning_sarclip.data import (
-    SYNTHETIC_CLASSES,
+from lightning_sarclip.data.synthetic import SYNTHETIC_CLASSES, SyntheticSARDataset
+from lightning_sarclip.training.datamodules import (
+    CaptionCollate,
     SARDataModule,
     SyntheticSARDataModule,
-    SyntheticSARDataset,
+    build_tokenizer,
 )
-from lightning_sarclip.data.datamodules import CaptionCollate, build_tokenizer
 
 TOKENIZER = "SARCLIP-ViT-Test-32"
 CONTEXT = 16  # context_length of SARCLIP-ViT-Test-32

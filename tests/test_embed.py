@@ -13,9 +13,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from lightning_sarclip.embed import errors_path, main, read_embeddings
-from lightning_sarclip.eval.loading import load_model
-from lightning_sarclip.predict import ImageFolderDataset
+from lightning_sarclip.commands.embed import errors_path, main, read_embeddings
+from lightning_sarclip.models.loading import load_model
+from lightning_sarclip.training.prediction import ImageFolderDataset
 from tests.test_export import TEST_ARCH, tiny_checkpoint
 
 

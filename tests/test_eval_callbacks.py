@@ -6,7 +6,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_sarclip.data import SourceDataModule
 from lightning_sarclip.data.source_dataset import SourceDataset
 from lightning_sarclip.eval import (
     build_zeroshot_classifier,
@@ -14,8 +13,9 @@ from lightning_sarclip.eval import (
     get_templates,
     zeroshot_logits,
 )
-from lightning_sarclip.eval.callbacks import EvalSuiteCallback, RetrievalZeroShotCallback
-from lightning_sarclip.module import SARCLIPModule
+from lightning_sarclip.training import SourceDataModule
+from lightning_sarclip.training.callbacks import EvalSuiteCallback, RetrievalZeroShotCallback
+from lightning_sarclip.training.module import SARCLIPModule
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 DATA = REPO_ROOT / "tests" / "data"
@@ -98,9 +98,9 @@ def test_confusion_matrix_figure_lands_in_the_run_dir_and_tensorboard(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lightning_sarclip.data import SyntheticSARDataModule
-    from lightning_sarclip.eval.callbacks import RetrievalZeroShotCallback
-    from lightning_sarclip.module import SARCLIPModule
+    from lightning_sarclip.training import SyntheticSARDataModule
+    from lightning_sarclip.training.callbacks import RetrievalZeroShotCallback
+    from lightning_sarclip.training.module import SARCLIPModule
 
     data = SyntheticSARDataModule(num_train=8, num_val=10, num_test=4, batch_size=4, image_size=32,
                                   tokenizer="SARCLIP-ViT-Test-32")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_sarclip.eval.loading import load_model, tag_statistics
+from lightning_sarclip.models.loading import load_model, tag_statistics
 from tests.conftest import TEST_ARCH
 from tests.test_export import tiny_checkpoint
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_sarclip.commands import evaluate as evaluate_command
 from lightning_sarclip.data.sources import SOURCES, get_source
+from lightning_sarclip.data.templates import get_templates
 from lightning_sarclip.eval import evaluate as ev
-from lightning_sarclip.eval.loading import checkpoint_hash
 from lightning_sarclip.eval.results import read_results
-from lightning_sarclip.eval.templates import get_templates
+from lightning_sarclip.models.loading import checkpoint_hash
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 SUITES = sorted((REPO_ROOT / "experiments" / "eval").glob("*.yaml"))
@@ -70,7 +71,7 @@ def test_match_labels_is_loose_but_unambiguous() -> None:
 # ---------------------------------------------------------------------------------------------- suites
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.stem)
 def test_every_suite_parses(suite: Path) -> None:
-    config = ev.config_from_args(["--config", str(suite)])
+    config = evaluate_command.config_from_args(["--config", str(suite)])
     assert config.datasets and config.output.endswith("results.jsonl")
     for spec in config.datasets:
         if spec.source != ev.CORPUS_SOURCE:
@@ -85,19 +86,19 @@ def test_every_suite_parses(suite: Path) -> None:
 @pytest.mark.parametrize("baseline", BASELINES, ids=lambda p: p.stem)
 def test_baselines_stack_on_a_suite(baseline: Path) -> None:
     suite = REPO_ROOT / "experiments" / "eval" / "sar_zeroshot.yaml"
-    config = ev.config_from_args(["--config", str(suite), "--config", str(baseline)])
+    config = evaluate_command.config_from_args(["--config", str(suite), "--config", str(baseline)])
     assert config.model.model_name and config.model.pretrained and config.model.name
-    assert len(config.datasets) == len(ev.config_from_args(["--config", str(suite)]).datasets)
+    assert len(config.datasets) == len(evaluate_command.config_from_args(["--config", str(suite)]).datasets)
 
 
 def test_suite_roots_follow_sar_data_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAR_DATA", "/mnt/sar")
     suite = str(REPO_ROOT / "experiments" / "eval" / "sar_zeroshot.yaml")
-    config = ev.config_from_args(["--config", suite, "--model.pretrained", "x.ckpt", "--device", "cpu"])
+    config = evaluate_command.config_from_args(["--config", suite, "--model.pretrained", "x.ckpt", "--device", "cpu"])
     assert config.model.pretrained == "x.ckpt" and config.device == "cpu"
     mstar = next(d for d in config.datasets if d.name == "mstar_soc")
     assert mstar.root == "/mnt/sar/MSTAR" and mstar.templates == "sar_opt" and mstar.split == "test"
-    held = ev.config_from_args(["--config", str(REPO_ROOT / "experiments" / "eval" / "heldout_mstar.yaml")])
+    held = evaluate_command.config_from_args(["--config", str(REPO_ROOT / "experiments" / "eval" / "heldout_mstar.yaml")])
     assert "wo_mstar" in held.model.pretrained and [d.source for d in held.datasets] == ["mstar"]
 
 
@@ -126,14 +127,14 @@ def test_bad_inputs_fail_before_anything_is_embedded(tmp_path: Path, monkeypatch
     ]
     for bad, error, message in cases:
         with pytest.raises(error, match=message):
-            ev.main(["--config", str(_suite(tmp_path, [good, bad]))])
+            evaluate_command.main(["--config", str(_suite(tmp_path, [good, bad]))])
     assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     tmp = tmp_path_factory.mktemp("run")
     main(["fit", "--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"), "--model.init_args.model_name",
@@ -145,7 +146,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_quickstart_suite_end_to_end(trained_checkpoint: Path, tmp_path: Path, capsys) -> None:
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     results = tmp_path / "eval" / "results.jsonl"
     main(["evaluate", "--config", str(REPO_ROOT / "experiments" / "eval" / "quickstart.yaml"),
@@ -182,13 +183,13 @@ def test_quickstart_suite_end_to_end(trained_checkpoint: Path, tmp_path: Path, c
 def test_class_folder_zeroshot_and_retrieval_match_a_direct_computation(
         trained_checkpoint: Path, tmp_path: Path) -> None:
     from lightning_sarclip.data.source_dataset import SourceDataset
-    from lightning_sarclip.eval.loading import load_model
     from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier
+    from lightning_sarclip.models.loading import load_model
 
     suite = _suite(tmp_path, [{"name": "chips", "source": "class_folder", "root": str(CLASS_FOLDER),
                                "split": "train", "task": "both", "templates": "simple", "batch_size": 3,
                                "n_captions": 2}], model={"pretrained": str(trained_checkpoint), "name": "ours"})
-    ev.main(["--config", str(suite)])
+    evaluate_command.main(["--config", str(suite)])
     rows = read_results(tmp_path / "out" / "results.jsonl")
     values = {(r["task"], r["metric"]): r["value"] for r in rows}
     assert values[("zeroshot", "top5")] is None  # 3 classes: top-5 is undefined, written as null
@@ -209,7 +210,7 @@ def test_class_folder_zeroshot_and_retrieval_match_a_direct_computation(
 
 
 def test_probes_train_on_the_train_split_and_write_rows(trained_checkpoint: Path, tmp_path: Path) -> None:
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     suite = _suite(tmp_path, [{"name": "chips", "source": "class_folder", "root": str(CLASS_FOLDER),
                                "split": "test", "task": "zeroshot", "batch_size": 4,
@@ -229,8 +230,8 @@ def test_probes_train_on_the_train_split_and_write_rows(trained_checkpoint: Path
 
 
 def test_wise_ft_path_ends_at_both_models(trained_checkpoint: Path, tmp_path: Path) -> None:
-    from lightning_sarclip.cli import main
-    from lightning_sarclip.eval.loading import load_model
+    from lightning_sarclip.commands import main
+    from lightning_sarclip.models.loading import load_model
 
     # The "zero-shot" weights: the same architecture with other (random) weights, saved as a plain file.
     zeroshot = load_model(TEST_ARCH).model

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_sarclip.cli import SARCLIPCLI, main
+from lightning_sarclip.commands import main
+from lightning_sarclip.commands.fit import SARCLIPCLI
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 TRAINING_CONFIGS = sorted(

@@ -10,9 +10,7 @@ import pytest
 import torch
 from torchvision.transforms import Normalize
 
-from lightning_sarclip.eval.loading import checkpoint_hash, load_model
-from lightning_sarclip.eval.results import append_results
-from lightning_sarclip.export import (
+from lightning_sarclip.commands.export import (
     CARD_NAME,
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -20,6 +18,8 @@ from lightning_sarclip.export import (
     export_checkpoint,
     main,
 )
+from lightning_sarclip.eval.results import append_results
+from lightning_sarclip.models.loading import checkpoint_hash, load_model
 
 TEST_ARCH = "SARCLIP-ViT-Test-32"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def train_tiny_checkpoint(run_root: Path) -> Path:
     """One epoch of the quickstart recipe on the 32 px test architecture (a few seconds on 2 cores)."""
-    from lightning_sarclip.cli import main as cli_main
+    from lightning_sarclip.commands import main as cli_main
 
     cli_main([
         "fit", "--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"),

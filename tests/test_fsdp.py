@@ -18,7 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_sarclip.module import SARCLIPModule
+from lightning_sarclip.training.module import SARCLIPModule
 from tests.conftest import REPO_ROOT, TEST_ARCH
 from tests.distributed import run_distributed
 from tests.helpers import RandomPairsDataModule, StopAfterEpoch
@@ -54,7 +54,7 @@ def _strategy(name: str):
 def _fit(root: Path, strategy: str, *, stop_after: int | None = None, resume: bool = False, validate: bool = False,
          **module_kwargs) -> dict:
     """Train 2 epochs x 2 steps on 2 ranks; per-rank losses and, with ``validate``, the final validation metrics."""
-    from lightning_sarclip.eval.callbacks import RetrievalZeroShotCallback
+    from lightning_sarclip.training.callbacks import RetrievalZeroShotCallback
 
     pl.seed_everything(0)
     # local_loss: each rank's loss (and temperature gradient) is its own, so gradients must really be averaged.
@@ -90,7 +90,7 @@ def _start_error(root: Path, strategy) -> str:
 def _cli_fit(run_root: Path, corpus: str, max_epochs: int, resume: bool) -> str | None:
     """The FSDP recipe as written, on the fixture corpus with the tiny model on 2 CPU processes; the checkpoint
     the trainer resumed from."""
-    from lightning_sarclip.cli import SARCLIPCLI
+    from lightning_sarclip.commands.fit import SARCLIPCLI
 
     cli = SARCLIPCLI(args=[
         "fit", "--config", str(REPO_ROOT / "experiments" / "sarclip" / "vitl14_remoteclip_fsdp.yaml"),
@@ -190,8 +190,8 @@ def test_fsdp_resume_from_last_with_grad_checkpointing_continues_the_same_run(ru
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_loads_into_a_plain_module_evaluate_and_export(runs, tmp_path):
-    from lightning_sarclip.eval.loading import load_model
-    from lightning_sarclip.export import WEIGHTS_NAME, export_checkpoint
+    from lightning_sarclip.commands.export import WEIGHTS_NAME, export_checkpoint
+    from lightning_sarclip.models.loading import load_model
 
     root, _, _ = runs
     ckpt = root / "fsdp" / "last.ckpt"
@@ -209,7 +209,7 @@ def test_fsdp_checkpoint_loads_into_a_plain_module_evaluate_and_export(runs, tmp
 def test_unsupported_sharding_settings_fail_at_start_naming_the_setting(runs):
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lightning_sarclip.sharding import data_parallel_mesh
+    from lightning_sarclip.training.sharding import data_parallel_mesh
 
     errors = runs[2]["errors"]
     assert "tensor_parallel_size is 2" in errors["tensor_parallel"]

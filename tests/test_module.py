@@ -7,10 +7,10 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lightning_sarclip.data import SyntheticSARDataModule
 from lightning_sarclip.models import create_model
-from lightning_sarclip.module import LOGIT_SCALE_MAX, SARCLIPModule
-from lightning_sarclip.unfreeze import cosine_with_warmup
+from lightning_sarclip.training import SyntheticSARDataModule
+from lightning_sarclip.training.module import LOGIT_SCALE_MAX, SARCLIPModule
+from lightning_sarclip.training.unfreeze import cosine_with_warmup
 from tests.conftest import TEST_ARCH
 from tests.helpers import RandomPairsDataModule
 
@@ -101,7 +101,7 @@ def test_hf_hub_weights_are_read_with_the_same_loader(tmp_path, monkeypatch):
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lightning_sarclip.module import NonFiniteLossError
+    from lightning_sarclip.training.module import NonFiniteLossError
 
     module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-4, warmup_steps=1)
     loss_fn = module.loss_fn

@@ -13,10 +13,10 @@ import tifffile
 import torch
 from PIL import Image
 
-from lightning_sarclip.eval.loading import load_model
-from lightning_sarclip.eval.templates import get_templates
+from lightning_sarclip.data.templates import get_templates
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
-from lightning_sarclip.predict import (
+from lightning_sarclip.models.loading import load_model
+from lightning_sarclip.training.prediction import (
     ImageFolderDataset,
     ImageFolderPredictDataModule,
     ZeroShotPredictionWriter,
@@ -79,7 +79,7 @@ def test_dataset_reads_formats_and_reports_corrupt_file(tmp_path: Path) -> None:
 
 
 def test_cli_predict_writes_every_file(ckpt: Path, tmp_path: Path) -> None:
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     folder = make_folder(tmp_path)
     classes = tmp_path / "classes.json"
@@ -116,7 +116,7 @@ def test_cli_predict_writes_every_file(ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_cli_refuses_data_settings_that_contradict_the_checkpoint(ckpt: Path, tmp_path: Path) -> None:
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     folder = make_folder(tmp_path)
     with pytest.raises(ValueError, match="in_chans"):

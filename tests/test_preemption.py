@@ -20,13 +20,16 @@ import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.connectors import signal_connector
 
-from lightning_sarclip import preemption
-from lightning_sarclip.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
-from lightning_sarclip.cli import SARCLIPCLI
-from lightning_sarclip.data import SyntheticSARDataModule
-from lightning_sarclip.module import SARCLIPModule
-from lightning_sarclip.preemption import PreemptionCheckpoint, slurm_job_id, with_slurm_requeue_disabled
-from lightning_sarclip.runs import finished
+from lightning_sarclip.commands.fit import SARCLIPCLI
+from lightning_sarclip.training import SyntheticSARDataModule, preemption
+from lightning_sarclip.training.checkpoint_io import AtomicCheckpointIO, RunCheckpoint
+from lightning_sarclip.training.module import SARCLIPModule
+from lightning_sarclip.training.preemption import (
+    PreemptionCheckpoint,
+    slurm_job_id,
+    with_slurm_requeue_disabled,
+)
+from lightning_sarclip.training.runs import finished
 from tests.conftest import TEST_ARCH
 
 STEPS_PER_EPOCH, EPOCHS = 6, 2  # 24 scenes, batch 4
@@ -133,9 +136,9 @@ def _config(path: Path, callbacks: list | None = None) -> Path:
             "num_sanity_val_steps": 0, "callbacks": callbacks or [],
         },
         "checkpoint": {"every_n_train_steps": 4},  # periodic saves at 4 and 8: the preemption one is at 9
-        "model": {"class_path": "lightning_sarclip.module.SARCLIPModule",
+        "model": {"class_path": "lightning_sarclip.training.module.SARCLIPModule",
                   "init_args": {"model_name": TEST_ARCH, "lr": 2e-3, "warmup_steps": 2}},
-        "data": {"class_path": "lightning_sarclip.data.SyntheticSARDataModule",
+        "data": {"class_path": "lightning_sarclip.training.SyntheticSARDataModule",
                  "init_args": {"num_train": 24, "num_val": 4, "num_test": 4, "n_captions": 3, "image_size": 32,
                                "batch_size": 4, "num_workers": 0}},
     }
@@ -251,7 +254,7 @@ def test_sigterm_from_another_scheduler_stops_at_the_step_without_requeue(tmp_pa
 def test_the_command_exits_with_tempfail_when_stopped_and_not_requeued(tmp_path):
     """Outside Slurm nobody requeues: `python -m lightning_sarclip fit` exits 75 (EX_TEMPFAIL), not 0, so a scheduler
     that restarts failed jobs runs it again (and the rerun resumes)."""
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     config = _config(tmp_path / "usr1.yaml", [{"class_path": "tests.test_preemption.SignalDuringStep",
                                                "init_args": {"step": 2}}])

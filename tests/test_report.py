@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lightning_sarclip.commands import report as report_command
 from lightning_sarclip.eval import report as rp
 from lightning_sarclip.eval.results import append_results
 
@@ -82,7 +83,7 @@ def test_published_numbers_are_sourced() -> None:
 
 
 def test_report_cli_writes_markdown_and_csv(tmp_path: Path, capsys) -> None:
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     results = tmp_path / "results.jsonl"
     append_results(results, _retrieval("ours", "ucm") + _rows("ours", "sample_real", "zeroshot", {"top1": 0.25}))
@@ -111,11 +112,11 @@ def test_report_needs_rows(tmp_path: Path) -> None:
     empty = tmp_path / "results.jsonl"
     empty.write_text("")
     with pytest.raises(SystemExit, match="no rows"):
-        rp.main(["--results", str(empty), "--out", str(tmp_path / "r")])
+        report_command.main(["--results", str(empty), "--out", str(tmp_path / "r")])
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_rows("m", "d", "zeroshot", {"top1": 0.1})[0]) + "\n{oops\n")
     with pytest.raises(ValueError, match="bad.jsonl:2"):
-        rp.main(["--results", str(bad), "--out", str(tmp_path / "r")])
+        report_command.main(["--results", str(bad), "--out", str(tmp_path / "r")])
 
 
 def test_probe_and_wise_ft_rows_get_their_own_tables(tmp_path):

@@ -26,20 +26,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from lightning_sarclip.checkpoint_io import (
-    AtomicCheckpointIO,
-    RunCheckpoint,
-    atomic_torch_save,
-    with_atomic_checkpoint_io,
-)
-from lightning_sarclip.data import SyntheticSARDataModule
 from lightning_sarclip.data.samplers import (
     ResumableDataLoader,
     SeededDataset,
     SeededEpochSampler,
     WeightedEpochSampler,
 )
-from lightning_sarclip.module import SARCLIPModule
+from lightning_sarclip.training import SyntheticSARDataModule
+from lightning_sarclip.training.checkpoint_io import (
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    atomic_torch_save,
+    with_atomic_checkpoint_io,
+)
+from lightning_sarclip.training.module import SARCLIPModule
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 PAUSE_ENV = "SARCLIP_TEST_PAUSE_AT_STEP"
@@ -177,7 +177,7 @@ def test_synthetic_datamodule_batches_do_not_depend_on_the_number_of_workers():
 
 
 def test_corpus_training_items_are_functions_of_the_sample_seed(fixture_corpus):
-    from lightning_sarclip.data import CorpusDataModule
+    from lightning_sarclip.training import CorpusDataModule
 
     epochs = {}
     for workers in (0, 1):
@@ -228,36 +228,6 @@ def _umask() -> int:
     return mask
 
 
-def test_kill_during_checkpoint_writes_leaves_a_complete_file(tmp_path):
-    path = tmp_path / "last.ckpt"
-    writer = (
-        "import sys, torch\n"
-        "from lightning_sarclip.checkpoint_io import atomic_torch_save\n"
-        "big = torch.zeros(12_000_000)\n"
-        "step = 0\n"
-        "while True:\n"
-        "    step += 1\n"
-        "    atomic_torch_save({'step': step, 'w': big + step}, sys.argv[1])\n"
-        "    print(step, flush=True)\n"
-    )
-    for _ in range(3):  # until a kill lands inside a write (the writer does little else, so almost always at once)
-        process = subprocess.Popen([sys.executable, "-c", writer, str(path)], stdout=subprocess.PIPE, text=True,
-                                   cwd=REPO_ROOT)
-        try:
-            assert process.stdout.readline().strip() != ""
-            time.sleep(0.3)
-        finally:
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
-            process.stdout.close()
-        state = torch.load(path, weights_only=True)
-        assert state["step"] >= 1 and torch.equal(state["w"], torch.full((12_000_000,), float(state["step"])))
-        if list(tmp_path.glob(".last.ckpt.*.tmp")):  # the killed write's leftover: it was mid-write
-            break
-    else:
-        pytest.fail("no kill landed inside a checkpoint write")
-
-
 def test_run_checkpoint_keeps_last_ckpt_at_the_final_step(tmp_path):
     """ModelCheckpoint(every_n_train_steps=5, save_top_k=0) would end with step 5's weights; RunCheckpoint with 8's."""
     callbacks = {"plain": ModelCheckpoint, "run": RunCheckpoint}
@@ -275,7 +245,7 @@ def test_run_checkpoint_keeps_last_ckpt_at_the_final_step(tmp_path):
 def test_cli_uses_atomic_checkpoint_io_and_run_checkpoint_unless_configured(tmp_path):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-    from lightning_sarclip.cli import SARCLIPCLI
+    from lightning_sarclip.commands.fit import SARCLIPCLI
 
     base = ["--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"), "--model.init_args.model_name", TEST_ARCH,
             "--data.init_args.image_size", "32", "--run_root", str(tmp_path)]
@@ -287,7 +257,7 @@ def test_cli_uses_atomic_checkpoint_io_and_run_checkpoint_unless_configured(tmp_
     assert with_atomic_checkpoint_io(None, "deepspeed_stage_2", "gpu") is None  # DeepSpeed/XLA write their own
     assert with_atomic_checkpoint_io(None, "auto", {"class_path": "lightning.pytorch.accelerators.XLAAccelerator"}) is None
     added = with_atomic_checkpoint_io("bf16-mixed", "ddp", "gpu")
-    assert added[0] == "bf16-mixed" and added[1].class_path == "lightning_sarclip.checkpoint_io.AtomicCheckpointIO"
+    assert added[0] == "bf16-mixed" and added[1].class_path == "lightning_sarclip.training.checkpoint_io.AtomicCheckpointIO"
 
 
 # ---------------------------------------------------------------------------------------------------- whole runs
@@ -387,9 +357,9 @@ def _cli_config(path: Path) -> Path:
             "num_sanity_val_steps": 0, "callbacks": [{"class_path": "tests.test_resume.PauseAtStep"}],
         },
         "checkpoint": {"every_n_train_steps": 1},
-        "model": {"class_path": "lightning_sarclip.module.SARCLIPModule",
+        "model": {"class_path": "lightning_sarclip.training.module.SARCLIPModule",
                   "init_args": {"model_name": TEST_ARCH, "lr": 2e-3, "warmup_steps": 2, "unfreeze": STAGES}},
-        "data": {"class_path": "lightning_sarclip.data.SyntheticSARDataModule",
+        "data": {"class_path": "lightning_sarclip.training.SyntheticSARDataModule",
                  "init_args": {"num_train": 24, "num_val": 4, "num_test": 4, "n_captions": 3, "image_size": 32,
                                "batch_size": 4, "num_workers": 1}},
     }

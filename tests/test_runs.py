@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from lightning_sarclip.cli import main
-from lightning_sarclip.runs import finished, mark_finished, resume_checkpoint
+from lightning_sarclip.commands import main
+from lightning_sarclip.training.runs import finished, mark_finished, resume_checkpoint
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 QUICK = str(REPO_ROOT / "experiments" / "quickstart.yaml")

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_sarclip.runs import finished
+from lightning_sarclip.training.runs import finished
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -43,12 +43,12 @@ TRAIN_CONFIG = {
         "callbacks": [{"class_path": "tests.helpers.SlowSteps", "init_args": {"seconds": 0.25}}],
     },
     "model": {
-        "class_path": "lightning_sarclip.module.SARCLIPModule",
+        "class_path": "lightning_sarclip.training.module.SARCLIPModule",
         "init_args": {"model_name": TEST_ARCH, "lr": 1.0e-3, "warmup_steps": 2, "image_mean": [0.5],
                       "image_std": [0.25]},
     },
     "data": {
-        "class_path": "lightning_sarclip.data.SyntheticSARDataModule",
+        "class_path": "lightning_sarclip.training.SyntheticSARDataModule",
         "init_args": {"num_train": NUM_TRAIN, "num_val": 8, "num_test": 8, "n_captions": 2, "batch_size": BATCH,
                       "image_size": 32, "num_workers": 0},
     },

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_sarclip.data import SourceDataModule, SourceDataset
 from lightning_sarclip.data.io import SARReadError
+from lightning_sarclip.data.source_dataset import SourceDataset
+from lightning_sarclip.training import SourceDataModule
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -122,11 +123,11 @@ def test_datamodule_passes_source_options_and_styles():
 
 
 def test_cli_fast_dev_run_on_a_class_folder(tmp_path, capsys, caplog):
-    from lightning_sarclip.cli import main
+    from lightning_sarclip.commands import main
 
     main(["fit", "--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"),
           "--model.init_args.model_name", TEST_ARCH,
-          "--data", "lightning_sarclip.data.SourceDataModule",
+          "--data", "lightning_sarclip.training.SourceDataModule",
           "--data.init_args.source", "class_folder", "--data.init_args.root", str(CLASS_FOLDER),
           "--data.init_args.image_size", "32", "--data.init_args.batch_size", "2",
           "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false"])

@@ -10,9 +10,9 @@ import shutil
 import pytest
 import yaml
 
-from lightning_sarclip import sweep
-from lightning_sarclip.runs import mark_finished
-from lightning_sarclip.sweep import SlurmSettings, SweepConfig, Variant, expand, nested, write_sweep
+from lightning_sarclip.commands import sweep
+from lightning_sarclip.commands.sweep import SlurmSettings, SweepConfig, Variant, expand, nested, write_sweep
+from lightning_sarclip.training.runs import mark_finished
 from tests.conftest import REPO_ROOT, TEST_ARCH
 
 QUICK = str(REPO_ROOT / "experiments" / "quickstart.yaml")

@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_sarclip.models import create_model
-from lightning_sarclip.module import SARCLIPModule
-from lightning_sarclip.unfreeze import UnfreezeSchedule, cosine_with_warmup, group_of
+from lightning_sarclip.training.module import SARCLIPModule
+from lightning_sarclip.training.unfreeze import UnfreezeSchedule, cosine_with_warmup, group_of
 from tests.conftest import TEST_ARCH
 from tests.helpers import RandomPairsDataModule, StopAfterEpoch, changed, snapshot
 

@@ -1,45 +1,34 @@
-"""Data side of lightning_sarclip: the synthetic SAR generator and the LightningDataModules.
+"""Data side of the library: readers, image IO, conversion policies, captions, the corpus builder, datasets.
 
-Importing this package makes the datamodules resolvable by short name in LightningCLI configs
-(``class_path: SyntheticSARDataModule``).
+Importable without Lightning (like torchgeo's ``datasets``). The LightningDataModules that batch these datasets
+live in :mod:`lightning_sarclip.training.datamodules`.
+
+The names below are loaded on first use, so ``import lightning_sarclip.data.io`` stays cheap.
 """
 
-from lightning_sarclip.data.captions import Captioner, pretty_classname
-from lightning_sarclip.data.corpus_datamodule import CorpusDataModule, CorpusDataset
-from lightning_sarclip.data.datamodules import (
-    CaptionCollate,
-    SARDataModule,
-    SourceDataModule,
-    SyntheticSARDataModule,
-    build_tokenizer,
-)
-from lightning_sarclip.data.source_dataset import SourceDataset
-from lightning_sarclip.data.synthetic import (
-    DB_WINDOW,
-    SYNTHETIC_CLASSES,
-    SyntheticSARDataset,
-    SyntheticScene,
-    apply_speckle,
-    generate_scene,
-    intensity_to_unit,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DB_WINDOW",
-    "SYNTHETIC_CLASSES",
-    "CaptionCollate",
-    "Captioner",
-    "CorpusDataModule",
-    "CorpusDataset",
-    "SARDataModule",
-    "SourceDataModule",
-    "SourceDataset",
-    "SyntheticSARDataModule",
-    "SyntheticSARDataset",
-    "SyntheticScene",
-    "apply_speckle",
-    "build_tokenizer",
-    "generate_scene",
-    "intensity_to_unit",
-    "pretty_classname",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Captioner": "captions",
+    "pretty_classname": "captions",
+    "CorpusDataset": "corpus_dataset",
+    "SourceDataset": "source_dataset",
+    "DB_WINDOW": "synthetic",
+    "SYNTHETIC_CLASSES": "synthetic",
+    "SyntheticSARDataset": "synthetic",
+    "SyntheticScene": "synthetic",
+    "apply_speckle": "synthetic",
+    "generate_scene": "synthetic",
+    "intensity_to_unit": "synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ them as they are and are only topped up by templates when they have fewer than `
 Why so many phrasings: a contrastive model overfits the few fixed sentence frames of a small template bank and
 then matches frames instead of content; several banks per style, articles/plurals, numbers as words or digits and
 random metadata subsets give N different captions per image. The zero-shot evaluation prompts
-(:mod:`lightning_sarclip.eval.templates`) are held out: a generated caption that equals one of them filled with
+(:mod:`lightning_sarclip.data.templates`) are held out: a generated caption that equals one of them filled with
 the record's class name is dropped, so zero-shot numbers measure paraphrase understanding, not memorised prompts.
 
 Everything is deterministic per ``(seed, record.key)`` (a BLAKE2 hash, not Python's salted ``hash``), so a
@@ -265,7 +265,7 @@ def _sentence(text: str) -> str:
 
 # ----------------------------------------------------------------------------------------------- held out
 def _eval_templates() -> list[str]:
-    from lightning_sarclip.eval.templates import TEMPLATE_SETS
+    from lightning_sarclip.data.templates import TEMPLATE_SETS
 
     return sorted({t for templates in TEMPLATE_SETS.values() for t in templates})
 

@@ -551,20 +551,3 @@ def stats_markdown(stats: dict[str, dict[str, int]]) -> str:
         lines.append(f"| {source} | " + " | ".join(f"{v:,}" for v in values) + " |")
     lines.append("| **total** | " + " | ".join(f"**{totals.get(c, 0):,}**" for c in columns) + " |")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def config_from_args(args: list[str]) -> CorpusConfig:
-    """Parse ``--config corpus.yaml`` (stackable) plus ``--field value`` overrides into a :class:`CorpusConfig`."""
-    from lightning_sarclip.config import parse_dataclass_config
-
-    return parse_dataclass_config(CorpusConfig, args, "python -m lightning_sarclip build-corpus")
-
-def main(args: list[str]) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = config_from_args(args)
-    summary = build_corpus(config)
-    print(stats_markdown(summary["stats"]), end="")
-    print(f"{summary['images']} images, {summary['pairs']} pairs, status {summary['status']}, "
-          f"variants {summary['variants']} -> {summary['output']}")
-    return summary

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_sarclip.data.io import SARImage, SARReadError, _kind_of_integer, register_format
+from lightning_sarclip.data.image import SARImage, SARReadError, kind_of_integer, register_format
 from lightning_sarclip.data.records import ImageRef
 
 # --------------------------------------------------------------------------------------------------- MSTAR raw
@@ -204,4 +204,4 @@ def read_mat(data: bytes, ref: ImageRef) -> SARImage:
                                f"found shapes {[arrays[k].shape for k in names]}")
         array = np.stack([arrays[k] for k in names], axis=-1)
     array = _as_image_dtype(np.asarray(array))
-    return SARImage(array, _kind_of_integer(array, ref.name), {"mat_key": names if len(names) > 1 else names[0]})
+    return SARImage(array, kind_of_integer(array, ref.name), {"mat_key": names if len(names) > 1 else names[0]})

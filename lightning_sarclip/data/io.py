@@ -20,90 +20,26 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+import lightning_sarclip.data.formats  # noqa: F401  (registers raw MSTAR and MATLAB .mat)
+from lightning_sarclip.data.image import (
+    KINDS,
+    SARImage,
+    SARReadError,
+    format_of,
+    kind_of_integer,
+    list_formats,
+    reader_for,
+    register_format,
+)
 from lightning_sarclip.data.records import MEMBER_SEP, ImageRef
 
-KINDS = ("uint8", "uint16", "amplitude", "intensity", "db", "complex", "float")
-
-
-class SARReadError(ValueError):
-    """An image could not be read; the message names the file (and member) and what was expected."""
-
-
-@dataclass
-class SARImage:
-    """Pixels ``(H, W, C)`` and their meaning."""
-
-    data: np.ndarray
-    kind: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"SARImage.kind: expected one of {KINDS}, got {self.kind!r}")
-        if self.data.ndim == 2:
-            self.data = self.data[:, :, None]
-        if self.data.ndim != 3:
-            raise ValueError(f"SARImage.data: expected (H, W) or (H, W, C), got shape {self.data.shape}")
-
-    @property
-    def height(self) -> int:
-        return int(self.data.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.data.shape[1])
-
-    @property
-    def channels(self) -> int:
-        return int(self.data.shape[2])
-
-
-Reader = Callable[[bytes, ImageRef], SARImage]
-_READERS: dict[str, Reader] = {}
-_SUFFIXES: dict[str, str] = {}
-_NO_BYTES: set[str] = set()
-
-
-def register_format(
-    name: str, suffixes: tuple[str, ...] = (), needs_bytes: bool = True
-) -> Callable[[Reader], Reader]:
-    """Decorator: register ``reader(data: bytes, ref: ImageRef) -> SARImage`` under ``name`` and file suffixes.
-
-    ``needs_bytes=False`` is for generated images (the synthetic source): the reader gets ``b""`` and the ref.
-    """
-
-    def decorate(reader: Reader) -> Reader:
-        _READERS[name] = reader
-        if not needs_bytes:
-            _NO_BYTES.add(name)
-        for suffix in suffixes:
-            _SUFFIXES[suffix.lower()] = name
-        return reader
-
-    return decorate
-
-
-def format_of(ref: ImageRef) -> str:
-    if ref.format:
-        if ref.format not in _READERS:
-            raise SARReadError(f"{ref.name}: unknown image format {ref.format!r}; known: {sorted(_READERS)}")
-        return ref.format
-    name = (ref.member.split(MEMBER_SEP)[-1] if ref.member else ref.path).lower()
-    suffix = PurePosixPath(name).suffix
-    if suffix not in _SUFFIXES:
-        raise SARReadError(
-            f"{ref.name}: cannot tell the image format from suffix {suffix!r}; known suffixes: {sorted(_SUFFIXES)} "
-            "(or set ImageRef.format)"
-        )
-    return _SUFFIXES[suffix]
-
+__all__ = ["KINDS", "SARImage", "SARReadError", "crop_window", "format_of", "list_formats", "read_bytes", "read_sar",
+           "register_format", "safe_member"]
 
 def safe_member(member: str, archive: str) -> str:
     """Refuse archive member paths that are absolute or climb out with ``..`` (zip-slip)."""
@@ -143,8 +79,8 @@ def read_bytes(ref: ImageRef) -> bytes:
 def read_sar(ref: ImageRef) -> SARImage:
     """Read the image ``ref`` points at, keep ``bands``, apply ``window``."""
     fmt = format_of(ref)
-    reader = _READERS[fmt]
-    data = b"" if fmt in _NO_BYTES else read_bytes(ref)
+    reader, needs_bytes = reader_for(fmt)
+    data = read_bytes(ref) if needs_bytes else b""
     try:
         image = reader(data, ref)
     except SARReadError:
@@ -170,20 +106,6 @@ def crop_window(data: np.ndarray, window: tuple[int, int, int, int], name: str =
     return data[y0:y1, x0:x1]
 
 
-def _kind_of_integer(array: np.ndarray, name: str) -> str:
-    if array.dtype == np.uint8:
-        return "uint8"
-    if array.dtype == np.uint16:
-        return "uint16"
-    if np.issubdtype(array.dtype, np.complexfloating):
-        return "complex"
-    if np.issubdtype(array.dtype, np.floating):
-        return "float"
-    if np.issubdtype(array.dtype, np.integer):
-        return "float"  # int16/int32 rasters: numeric values, meaning set by the source's policy
-    raise SARReadError(f"{name}: unsupported pixel type {array.dtype}")
-
-
 @register_format("pillow", suffixes=(".png", ".jpg", ".jpeg", ".bmp"))
 def _read_pillow(data: bytes, ref: ImageRef) -> SARImage:
     from PIL import Image
@@ -198,7 +120,7 @@ def _read_pillow(data: bytes, ref: ImageRef) -> SARImage:
             array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 3 and _is_grey(array):
         array = array[:, :, :1]  # SAR chips saved as RGB with three equal channels
-    return SARImage(array, _kind_of_integer(array, ref.name))
+    return SARImage(array, kind_of_integer(array, ref.name))
 
 
 def _is_grey(array: np.ndarray) -> bool:
@@ -216,7 +138,5 @@ def _read_tiff(data: bytes, ref: ImageRef) -> SARImage:
             meta["geotiff"] = True
     if array.ndim == 3 and array.shape[0] < array.shape[-1] and array.shape[0] <= 4:
         array = np.moveaxis(array, 0, -1)  # band-first (C, H, W) rasters
-    return SARImage(array, _kind_of_integer(array, ref.name), meta)
+    return SARImage(array, kind_of_integer(array, ref.name), meta)
 
-# Extra formats (raw MSTAR, MATLAB .mat) register themselves on import.
-import lightning_sarclip.data.formats  # noqa: E402,F401

@@ -3,7 +3,7 @@
 Why a standalone command (and not ``trainer.test``): baselines (OpenAI CLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP,
 CAESAR SARCLIP) are plain open_clip checkpoints with no Lightning module, and the paper's tables compare them
 with ours on the same datasets, templates and class names. So one config names a model (anything
-:func:`~lightning_sarclip.eval.loading.load_model` loads) and a list of datasets (any registered source, or a built
+:func:`~lightning_sarclip.models.loading.load_model` loads) and a list of datasets (any registered source, or a built
 corpus), and every number goes to ``results.jsonl`` (:mod:`lightning_sarclip.eval.results`) with what is needed to
 reproduce it. ``report`` turns those rows into tables.
 
@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_sarclip.data.templates import get_templates
 from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
 from lightning_sarclip.eval.results import append_results
 from lightning_sarclip.eval.retrieval import recall_at_k
-from lightning_sarclip.eval.templates import get_templates
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
 
 log = logging.getLogger("lightning_sarclip")
@@ -54,7 +54,7 @@ CORPUS_SOURCE = "corpus"
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
 class ModelSpec:
-    """The model to evaluate; the fields are :func:`~lightning_sarclip.eval.loading.load_model`'s.
+    """The model to evaluate; the fields are :func:`~lightning_sarclip.models.loading.load_model`'s.
 
     Args:
         model_name: open_clip architecture (not needed for our ``.ckpt``, whose hyper-parameters name it).
@@ -144,17 +144,6 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     figures: bool = True
     max_tsne_points: int = 2000
-
-
-def config_from_args(args: list[str]) -> EvalConfig:
-    """Parse ``--config suite.yaml`` (stackable: later files win) plus ``--section.field value`` overrides."""
-    from lightning_sarclip.config import parse_dataclass_config
-
-    config = parse_dataclass_config(EvalConfig, args, "python -m lightning_sarclip evaluate")
-    if config.model is None:
-        config.model = ModelSpec()
-    check_config(config)
-    return config
 
 
 def check_config(config: EvalConfig) -> None:
@@ -336,7 +325,7 @@ def _prepare_source(spec: DatasetSpec, image_size: int, in_chans: int) -> Prepar
 
 def _prepare_corpus(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
     from lightning_sarclip.data.corpus import read_shard
-    from lightning_sarclip.data.corpus_datamodule import CorpusDataset
+    from lightning_sarclip.data.corpus_dataset import CorpusDataset
 
     options = dict(spec.source_options)
     unknown = set(options) - {"variant", "sources"}
@@ -499,9 +488,12 @@ def result_rows(config: EvalConfig, loaded: Any, model_label: str, prepared: Pre
         rows.append({**common, "task": "zeroshot", "metric": metric, "value": value,
                      "templates": prepared.templates, "classnames": prepared.classes.prompts,
                      "extra": {**extra, "num_scored": metrics["num_scored"], "labels": prepared.classes.names}})
-    for metric, value in metrics.get("retrieval", {}).items():
+    retrieval = dict(metrics.get("retrieval", {}))
+    # Counts, not recalls: they describe the rows (how many queries had exact ties) instead of being rows.
+    tied = {key: retrieval.pop(key) for key in ("i2t_tied_queries", "t2i_tied_queries") if key in retrieval}
+    for metric, value in retrieval.items():
         rows.append({**common, "task": "retrieval", "metric": metric, "value": value, "templates": None,
-                     "classnames": None, "extra": extra})
+                     "classnames": None, "extra": {**extra, **tied}})
     for task, values in metrics.get("probes", {}).items():
         for metric, value in values.items():
             rows.append({**common, "task": task, "metric": metric, "value": value, "templates": None,
@@ -605,8 +597,8 @@ def write_figures(output_dir: Path, model_label: str, prepared: PreparedDataset,
 def run_wise_ft(config: EvalConfig, loaded: Any, model_label: str, prepared: list[PreparedDataset]
                 ) -> list[dict[str, Any]]:
     """Evaluate every dataset along the WiSE-FT path between ``wiseft_from`` and the evaluated weights."""
-    from lightning_sarclip.eval.loading import load_model
     from lightning_sarclip.eval.probes import evaluate_wise_ft
+    from lightning_sarclip.models.loading import load_model
 
     spec = config.model
     zeroshot = load_model(loaded.name, spec.wiseft_from, in_chans=loaded.in_chans, channel_mode=spec.channel_mode,
@@ -649,7 +641,7 @@ def summary_table(results: list[tuple[str, str, dict[str, Any]]]) -> str:
 
 def run(config: EvalConfig) -> list[dict[str, Any]]:
     """Check everything, load the model, prepare every dataset, then embed and write rows dataset by dataset."""
-    from lightning_sarclip.eval.loading import load_model
+    from lightning_sarclip.models.loading import load_model
 
     check_sources(config)
     device = config.device
@@ -681,8 +673,3 @@ def run(config: EvalConfig) -> list[dict[str, Any]]:
     print(f"{model_label} ({loaded.checkpoint or 'no checkpoint'}) -> {output}")
     print(summary_table(summary))
     return all_rows
-
-
-def main(args: list[str]) -> list[dict[str, Any]]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return run(config_from_args(args))

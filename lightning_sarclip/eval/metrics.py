@@ -15,7 +15,7 @@ what one process would compute on the whole set:
 * nothing is divided by the world size; each value is a plain fraction over the de-duplicated set.
 
 ``index`` must identify a sample within the evaluation set (the ``"index"`` that
-:class:`~lightning_sarclip.data.datamodules.CaptionCollate` puts in every batch). Every rank must call
+:class:`~lightning_sarclip.training.datamodules.CaptionCollate` puts in every batch). Every rank must call
 ``update`` at least once before ``compute`` (a ``DistributedSampler`` always gives each rank a sample).
 Features and logits are stored as float32 (the scores are computed in float32 anyway); accumulating
 ``N x K x D`` caption features costs ``4 N K D`` bytes per rank after the gather.
@@ -47,7 +47,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
-from lightning_sarclip.eval.retrieval import recall_at_k
+from lightning_sarclip.eval.retrieval import TIE_RULES, recall_at_k
 
 __all__ = ["RetrievalRecall", "ZeroShotAccuracy", "first_occurrences"]
 
@@ -88,6 +88,7 @@ class RetrievalRecall(Metric):
     Args:
         ks: the K of Recall@K.
         chunk_size: queries scored per block (memory bound), passed to ``recall_at_k``.
+        ties: how exact score ties are counted (``recall_at_k``'s ``ties``; default their expected value).
         kwargs: torchmetrics ``Metric`` options (``process_group``, ``compute_on_cpu``, ...).
     """
 
@@ -95,10 +96,14 @@ class RetrievalRecall(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int | None = None, ties: str = "expected",
+                 **kwargs: Any) -> None:
+        if ties not in TIE_RULES:
+            raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
         super().__init__(**kwargs)
         self.ks = tuple(ks)
         self.chunk_size = chunk_size
+        self.ties = ties
         self.num_images: int | None = None
         self.captions_per_image: int | None = None
         self.add_state("image_features", default=[], dist_reduce_fx="cat")
@@ -148,7 +153,8 @@ class RetrievalRecall(Metric):
         num_images, per_image = texts.shape[0], texts.shape[1]
         self.num_images, self.captions_per_image = num_images, per_image
         text_to_image = torch.arange(num_images).repeat_interleave(per_image)
-        return recall_at_k(images, texts.flatten(0, 1), text_to_image, ks=self.ks, chunk_size=self.chunk_size)
+        return recall_at_k(images, texts.flatten(0, 1), text_to_image, ks=self.ks, chunk_size=self.chunk_size,
+                           ties=self.ties)
 
 
 class ZeroShotAccuracy(Metric):

@@ -17,7 +17,6 @@ row (by ``time``, then by position in the files) wins, so re-running an evaluati
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -27,8 +26,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from lightning_sarclip.eval.results import read_results
 
 PUBLISHED_PATH = Path(__file__).with_name("published.json")
 DASH = "–"
@@ -285,23 +282,4 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | os.PathLike, zerosho
         sections.append(text)
     (out / "report.md").write_text("# Evaluation report\n\n" + "\n".join(sections), encoding="utf-8")
     written["report"] = out / "report.md"
-    return written
-
-
-def main(argv: list[str]) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(prog="python -m lightning_sarclip report",
-                                     description="Markdown and CSV tables from results.jsonl rows.")
-    parser.add_argument("--results", action="append", required=True,
-                        help="results.jsonl (may be given several times)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--zeroshot-metric", default="top1", help="top1, top3, top5 or mean_per_class")
-    parser.add_argument("--published", default=None, help="published-numbers JSON (default: the shipped one)")
-    args = parser.parse_args(argv)
-    rows: list[dict[str, Any]] = []
-    for path in args.results:
-        rows.extend(read_results(path))
-    if not rows:
-        raise SystemExit(f"report: no rows in {args.results}")
-    written = write_report(rows, args.out, args.zeroshot_metric, args.published)
-    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     return written

@@ -55,7 +55,7 @@ def build_zeroshot_classifier(
             (e.g. ``open_clip.get_tokenizer(name)``).
         classnames: the ``C`` class names; column ``c`` of the result is ``classnames[c]``.
         templates: format strings with one ``{}`` (or ``{c}``) placeholder, or callables
-            ``classname -> prompt`` (see :func:`lightning_sarclip.eval.templates.get_templates`).
+            ``classname -> prompt`` (see :func:`lightning_sarclip.data.templates.get_templates`).
         batch_size: prompts per ``encode_text`` call; batches span class boundaries.
         device: where tokens are sent. ``None`` uses the device of the module that ``encode_text`` is bound to
             (if it is a bound ``nn.Module`` method), otherwise leaves tokens where the tokenizer put them.

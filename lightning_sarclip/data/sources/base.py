@@ -50,12 +50,18 @@ def register_source(name: str):
     return decorate
 
 
+# Importing this module runs ``lightning_sarclip/data/sources/__init__.py`` first, which imports every reader
+# module: by the time anyone can call these, the registry is full.
 def get_source(name: str) -> type[SARSource]:
-    import lightning_sarclip.data.sources  # noqa: F401  (imports every source module, filling the registry)
-
+    """The reader class registered under ``name``; the error lists the known names."""
     if name not in SOURCES:
-        raise ValueError(f"unknown SAR source {name!r}; known sources: {sorted(SOURCES)}")
+        raise ValueError(f"unknown SAR source {name!r}; known sources: {list_sources()}")
     return SOURCES[name]
+
+
+def list_sources() -> list[str]:
+    """The registered source names (timm's ``list_models`` habit)."""
+    return sorted(SOURCES)
 
 
 class SARSource:

@@ -279,7 +279,7 @@ def model_card(
         "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:/path/to/this/folder')\n"
         "tokenizer = open_clip.get_tokenizer('local-dir:/path/to/this/folder')\n"
         "# the same folder uploaded as a Hugging Face repo: open_clip.create_model_and_transforms('hf-hub:org/repo')\n"
-        "```\n\nWith this package: `lightning_sarclip.eval.loading.load_model('local-dir:/path/to/this/folder', "
+        "```\n\nWith this package: `lightning_sarclip.models.loading.load_model('local-dir:/path/to/this/folder', "
         f"in_chans={in_chans})`.",
     ]
     if extra:
@@ -297,7 +297,7 @@ def export_checkpoint(
     """Write the open_clip folder for ``ckpt`` into ``out``; returns the written files by role."""
     from safetensors.torch import save_file
 
-    from lightning_sarclip.eval.loading import checkpoint_hash
+    from lightning_sarclip.models.loading import checkpoint_hash
 
     ckpt = Path(ckpt)
     hparams, state = read_lightning_checkpoint(ckpt)

@@ -3,8 +3,8 @@
 What it owns: the open_clip model (built by :func:`~lightning_sarclip.models.create_model`), the on-device SAR
 input adapter, the symmetric InfoNCE loss with global negatives, AdamW parameter groups (no weight decay on
 biases, norms, embeddings and ``logit_scale``), a per-step warmup + cosine learning rate, the ``logit_scale``
-clamp, the staged unfreezing schedule (:mod:`lightning_sarclip.unfreeze`), and FSDP2 sharding of both towers
-when the trainer runs Lightning's ``ModelParallelStrategy`` (:mod:`lightning_sarclip.sharding`).
+clamp, the staged unfreezing schedule (:mod:`lightning_sarclip.training.unfreeze`), and FSDP2 sharding of both towers
+when the trainer runs Lightning's ``ModelParallelStrategy`` (:mod:`lightning_sarclip.training.sharding`).
 
 What it does not own: metrics beyond the loss. Evaluation (recall@K, zero-shot) lives in
 :mod:`lightning_sarclip.eval` and plugs in as callbacks that read the features ``validation_step`` returns.
@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_sarclip.losses import InfoNCELoss
 from lightning_sarclip.models.factory import build_input_adapter, create_model
-from lightning_sarclip.sharding import all_reduce_grads, data_parallel_mesh, shard_model
-from lightning_sarclip.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
+from lightning_sarclip.training.sharding import all_reduce_grads, data_parallel_mesh, shard_model
+from lightning_sarclip.training.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
 
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -67,7 +67,7 @@ class SARCLIPModule(pl.LightningModule):
         warmup_steps, min_lr_ratio: linear warmup for ``warmup_steps`` optimizer steps, then cosine to
             ``min_lr_ratio * lr`` at the last step of the run.
         local_loss, gather_with_grad: see :class:`~lightning_sarclip.losses.InfoNCELoss`.
-        unfreeze: list of :class:`~lightning_sarclip.unfreeze.UnfreezeStage`; ``None`` trains everything.
+        unfreeze: list of :class:`~lightning_sarclip.training.unfreeze.UnfreezeStage`; ``None`` trains everything.
         layer_decay: optional layer-wise LR decay factor in (0, 1].
         grad_checkpointing: activation checkpointing in both towers (memory for compute).
         accum_freq: feature-cache accumulation (open_clip's ``--accum-freq``): each data batch (the contrastive

@@ -1,10 +1,10 @@
 """Run directories: which checkpoint a restarted run resumes from, and whether a run has finished.
 
-A training run lives in ``<run_root>/<name>/`` (see :mod:`lightning_sarclip.cli`). Two kinds of checkpoint can be
+A training run lives in ``<run_root>/<name>/`` (see :mod:`lightning_sarclip.commands.fit`). Two kinds of checkpoint can be
 there when a preempted job starts again:
 
 * ``checkpoints/last.ckpt``, written by ``ModelCheckpoint`` (every N steps / every epoch) and, at the step boundary
-  after a preemption signal, by :class:`~lightning_sarclip.preemption.PreemptionCheckpoint` (the CLI's default);
+  after a preemption signal, by :class:`~lightning_sarclip.training.preemption.PreemptionCheckpoint` (the CLI's default);
 * ``hpc_ckpt_<k>.ckpt``, written by Lightning's own Slurm handler (only when that callback is switched off with
   ``preemption.signals: []``) from inside the signal handler, just before it requeued the job. It is saved at an
   arbitrary point of a step, so resuming from it is not exact.

@@ -14,7 +14,7 @@ Slurm resources. The command writes, under ``<run_root>/<name>/sweep/``:
 * ``sweep.sbatch``: the array job; ``manifest.json``: every run, its overrides and whether it finished.
 
 Each run trains in ``<run_root>/<name>/<run>/`` with ``--ckpt_path last``: a preempted or requeued task resumes
-from its newest checkpoint (:mod:`lightning_sarclip.runs`), and runs that left ``finished.json`` are not part of
+from its newest checkpoint (:mod:`lightning_sarclip.training.runs`), and runs that left ``finished.json`` are not part of
 the next array, so the same command re-submits only what is missing.
 """
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_sarclip.runs import finished, write_json_atomic
+from lightning_sarclip.training.runs import finished, write_json_atomic
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
@@ -49,7 +49,7 @@ class SlurmSettings:
         cpus_per_task, mem, time, partition, account, qos: the usual ``#SBATCH`` options (``None`` = leave out).
         max_parallel: at most this many array tasks at once (``--array=...%N``).
         signal_seconds: the preemption signal (SIGUSR1) this many seconds before the time limit: the run writes
-            ``last.ckpt`` at the next step and requeues the task (:mod:`lightning_sarclip.preemption`).
+            ``last.ckpt`` at the next step and requeues the task (:mod:`lightning_sarclip.training.preemption`).
         python: interpreter on the compute nodes (default: the one running ``sweep``).
         setup: shell lines run before training (``module load ...``, ``source .venv/bin/activate``).
         extra: further ``#SBATCH`` options, e.g. ``--constraint=h100``.
@@ -330,7 +330,7 @@ def array_script(config: SweepConfig, bases: list[Path], run_configs: list[Path]
 # ----------------------------------------------------------------------------------------------- checks and submit
 def check_runs(runs: list[Run], bases: list[Path]) -> None:
     """Parse every run's stacked config with the training CLI (no model is built); raise naming the bad run."""
-    from lightning_sarclip.cli import SARCLIPCLI
+    from lightning_sarclip.commands.fit import SARCLIPCLI
 
     class _ParseOnly(SARCLIPCLI):
         def instantiate_classes(self) -> None:  # parsing and validation only
@@ -380,7 +380,7 @@ def submit(script: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lightning_sarclip.config import parse_dataclass_config
+    from lightning_sarclip.commands.config import parse_dataclass_config
 
     # ``--submit`` / ``--no-check`` read as flags (jsonargparse wants ``--submit true``).
     flags = {"--submit": ["--submit", "true"], "--no-check": ["--check", "false"], "--force": ["--force", "true"]}

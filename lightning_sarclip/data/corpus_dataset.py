@@ -1,8 +1,10 @@
-"""Training on a built corpus: ``CorpusDataModule`` (weighted source mixing, SAR-safe augmentation).
+"""The items of a built corpus: ``CorpusDataset`` (one split, optionally of a held-out variant; SAR-safe augmentation).
+
+The Lightning side (weighted source mixing across ranks) is :class:`~lightning_sarclip.training.datamodules.CorpusDataModule`.
 
 Reads what :mod:`lightning_sarclip.data.corpus` wrote: the manifest (or a held-out variant of it) says which
 pairs are kept and in which split, the Arrow shards hold the stored PNGs and captions. Items are exactly what
-:class:`~lightning_sarclip.data.datamodules.SARDataModule` batches, so ``SARCLIPModule`` trains on a corpus
+:class:`~lightning_sarclip.training.datamodules.SARDataModule` batches, so ``SARCLIPModule`` trains on a corpus
 unchanged.
 
 * **Mixing.** ``source_weights`` (e.g. ``{mstar: 2.0, sardet100k: 0.5}``) sets each source's share of the
@@ -25,24 +27,21 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_sarclip.data.corpus import decode_png, read_shard
-from lightning_sarclip.data.datamodules import SARDataModule
-from lightning_sarclip.data.samplers import WeightedEpochSampler
 from lightning_sarclip.data.transforms import resize_square, to_model_channels
 
 POSITIONAL_STYLES = frozenset({"absolute", "relative"})
 log = logging.getLogger("lightning_sarclip")
 
-__all__ = ["CorpusDataModule", "CorpusDataset", "EmptySplitError", "WeightedEpochSampler"]
+__all__ = ["CorpusDataset", "EmptySplitError"]
 
 
 class EmptySplitError(ValueError):
@@ -165,82 +164,3 @@ class CorpusDataset(Dataset):
 
 def _meta_name(shard: str) -> str:
     return shard.rsplit(".", 1)[0] + ".meta.parquet"
-
-
-class CorpusDataModule(SARDataModule):
-    """Train on a corpus built by ``build-corpus``.
-
-    Args:
-        root: the corpus folder (``output`` of the build).
-        variant: a held-out variant name (``wo_mstar`` ...) or ``None`` for the full corpus.
-        source_weights: per-source sampling weights for training (missing sources weigh 1); ``None`` = each image
-            once per epoch.
-        samples_per_epoch: training samples per epoch when weighting (default: the number of train images).
-        augment: SAR-safe geometric augmentation of training images.
-        eval_captions: captions per image in val/test batches.
-        seed: sampler seed.
-        Other arguments: see :class:`~lightning_sarclip.data.datamodules.SARDataModule`.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        variant: str | None = None,
-        source_weights: dict[str, float] | None = None,
-        samples_per_epoch: int | None = None,
-        augment: bool = True,
-        eval_captions: int = 5,
-        seed: int = 0,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int = 224,
-        in_chans: int = 1,
-        tokenizer: str | None = None,
-        pin_memory: bool = False,
-    ) -> None:
-        super().__init__(
-            dataset_class=CorpusDataset,
-            dataset_kwargs={"root": str(root), "variant": variant, "augment": augment, "eval_captions": eval_captions},
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            in_chans=in_chans,
-            tokenizer=tokenizer,
-            pin_memory=pin_memory,
-        )
-        self.source_weights = dict(source_weights or {}) or None
-        self.samples_per_epoch = samples_per_epoch
-        self.seed = seed
-
-    def train_seed(self) -> int:
-        """The ``seed`` argument: it fixes the mixing draws, the captions and the augmentation of every epoch."""
-        return self.seed
-
-    def build_dataset(self, split: str) -> Dataset:
-        """A corpus without a val split (e.g. only MSTAR, which ships train/test) validates on test, with a warning."""
-        try:
-            return super().build_dataset(split)
-        except EmptySplitError:
-            if split not in ("val", "test"):
-                raise
-            other = "test" if split == "val" else "val"
-            log.warning("corpus %s has no kept %r pairs; using its %r split instead", self.dataset_kwargs["root"],
-                        split, other)
-            return super().build_dataset(other)
-
-    def train_dataloader(self) -> DataLoader:
-        dataset: CorpusDataset = self._dataset("train", "fit")
-        weights = None
-        if self.source_weights is not None:
-            counts: dict[str, int] = defaultdict(int)
-            for source in dataset.sources:
-                counts[source] += 1
-            unknown = set(self.source_weights) - set(counts)
-            if unknown:
-                raise ValueError(f"source_weights names sources not in the train split: {sorted(unknown)}")
-            weights = [self.source_weights.get(s, 1.0) / counts[s] for s in dataset.sources]
-        sampler = WeightedEpochSampler(weights, len(dataset), self.samples_per_epoch, self.train_seed())
-        return self._loader(dataset, train=True, sampler=sampler)
-

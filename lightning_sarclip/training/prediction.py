@@ -42,7 +42,6 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_sarclip.data.datamodules import SARDataModule
 from lightning_sarclip.data.io import SARImage, read_sar
 from lightning_sarclip.data.records import ImageRef
 from lightning_sarclip.data.transforms import (
@@ -52,6 +51,7 @@ from lightning_sarclip.data.transforms import (
     resize_square,
     to_model_channels,
 )
+from lightning_sarclip.training.datamodules import SARDataModule
 
 #: File suffixes listed by default (lower case; matching ignores case).
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
@@ -373,7 +373,7 @@ class ZeroShotPredictionWriter(BasePredictionWriter):
     Args:
         output_csv: where to write; ``None`` writes ``predictions.csv`` in the trainer's ``default_root_dir``.
         classnames: list of names, or a JSON / text file of them.
-        templates: prompt template set name, JSON file or list (:func:`~lightning_sarclip.eval.templates.get_templates`).
+        templates: prompt template set name, JSON file or list (:func:`~lightning_sarclip.data.templates.get_templates`).
         topk: labels per image (capped at the number of classes).
         text_batch_size: prompts per text-tower call when building the classifier.
     """
@@ -394,7 +394,7 @@ class ZeroShotPredictionWriter(BasePredictionWriter):
                 "ZeroShotPredictionWriter: classnames is required (a list, or a JSON / text file of names); "
                 "e.g. --trainer.callbacks.init_args.classnames classes.txt"
             )
-        from lightning_sarclip.eval.templates import get_templates
+        from lightning_sarclip.data.templates import get_templates
 
         self.output_csv = output_csv
         self.classnames = load_classnames(classnames)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_sarclip.data.corpus_dataset import CorpusDataset, EmptySplitError
 from lightning_sarclip.data.samplers import (
     ResumableDataLoader,
     SeededDataset,
@@ -389,3 +391,81 @@ class SourceDataModule(SARDataModule):
         return self.dataset_class(split=split, image_size=self.image_size, in_chans=self.in_chans,
                                   captioner=self.captioner, classnames=self._classnames, records=records,
                                   **self.dataset_kwargs_for(split))
+
+
+class CorpusDataModule(SARDataModule):
+    """Train on a corpus built by ``build-corpus``.
+
+    Args:
+        root: the corpus folder (``output`` of the build).
+        variant: a held-out variant name (``wo_mstar`` ...) or ``None`` for the full corpus.
+        source_weights: per-source sampling weights for training (missing sources weigh 1); ``None`` = each image
+            once per epoch.
+        samples_per_epoch: training samples per epoch when weighting (default: the number of train images).
+        augment: SAR-safe geometric augmentation of training images.
+        eval_captions: captions per image in val/test batches.
+        seed: sampler seed.
+        Other arguments: see :class:`~lightning_sarclip.training.datamodules.SARDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        variant: str | None = None,
+        source_weights: dict[str, float] | None = None,
+        samples_per_epoch: int | None = None,
+        augment: bool = True,
+        eval_captions: int = 5,
+        seed: int = 0,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int = 224,
+        in_chans: int = 1,
+        tokenizer: str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            dataset_class=CorpusDataset,
+            dataset_kwargs={"root": str(root), "variant": variant, "augment": augment, "eval_captions": eval_captions},
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            in_chans=in_chans,
+            tokenizer=tokenizer,
+            pin_memory=pin_memory,
+        )
+        self.source_weights = dict(source_weights or {}) or None
+        self.samples_per_epoch = samples_per_epoch
+        self.seed = seed
+
+    def train_seed(self) -> int:
+        """The ``seed`` argument: it fixes the mixing draws, the captions and the augmentation of every epoch."""
+        return self.seed
+
+    def build_dataset(self, split: str) -> Dataset:
+        """A corpus without a val split (e.g. only MSTAR, which ships train/test) validates on test, with a warning."""
+        try:
+            return super().build_dataset(split)
+        except EmptySplitError:
+            if split not in ("val", "test"):
+                raise
+            other = "test" if split == "val" else "val"
+            log.warning("corpus %s has no kept %r pairs; using its %r split instead", self.dataset_kwargs["root"],
+                        split, other)
+            return super().build_dataset(other)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset: CorpusDataset = self._dataset("train", "fit")
+        weights = None
+        if self.source_weights is not None:
+            counts: dict[str, int] = defaultdict(int)
+            for source in dataset.sources:
+                counts[source] += 1
+            unknown = set(self.source_weights) - set(counts)
+            if unknown:
+                raise ValueError(f"source_weights names sources not in the train split: {sorted(unknown)}")
+            weights = [self.source_weights.get(s, 1.0) / counts[s] for s in dataset.sources]
+        sampler = WeightedEpochSampler(weights, len(dataset), self.samples_per_epoch, self.train_seed())
+        return self._loader(dataset, train=True, sampler=sampler)

@@ -7,12 +7,12 @@
 
 Output columns: ``path`` (images, as listed under the folder) or ``text`` (one per non-blank line of the text
 file, stripped, in file order), and ``embedding`` (``list<float32>``, L2-normalised, the model's
-``encode_image`` / ``encode_text`` of :func:`~lightning_sarclip.eval.loading.load_model`). The parquet schema
+``encode_image`` / ``encode_text`` of :func:`~lightning_sarclip.models.loading.load_model`). The parquet schema
 metadata key ``lightning_sarclip`` holds a JSON object with the model name, checkpoint path and hash, input
 size, channels, embedding dim and the number of skipped files, so embeddings are never separated from the model
 that made them.
 
-Images are listed and converted exactly as in folder prediction (:mod:`lightning_sarclip.predict`: suffix
+Images are listed and converted exactly as in folder prediction (:mod:`lightning_sarclip.training.prediction`: suffix
 filter, optional MSTAR sniffing, pixel policy by type unless ``--policy``). Unreadable images are skipped, named
 on stderr and listed in a side file ``<out stem>.errors.csv`` (``path,error``) next to the parquet; a run with no
 errors removes a stale side file of that name.
@@ -34,7 +34,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_sarclip.predict import IMAGE_EXTENSIONS, ImageFolderDataset, atomic_path, collate_predict
+from lightning_sarclip.training.prediction import (
+    IMAGE_EXTENSIONS,
+    ImageFolderDataset,
+    atomic_path,
+    collate_predict,
+)
 
 METADATA_KEY = b"lightning_sarclip"
 
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.ckpt and args.pretrained:
         parser.error("--ckpt and --pretrained name the weights twice; give one of them")
 
-    from lightning_sarclip.eval.loading import load_model
+    from lightning_sarclip.models.loading import load_model
 
     loaded = load_model(args.model_name, args.ckpt or args.pretrained, in_chans=args.in_chans,
                         channel_mode=args.channel_mode, device=args.device)

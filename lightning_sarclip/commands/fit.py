@@ -10,7 +10,7 @@ A :class:`~lightning.pytorch.cli.LightningCLI` with the conventions of torchgeo'
 * A run directory is derived from the experiment's ``name`` (default: the stem of the first config file):
   ``<run_root>/<name>/`` holds ``config.yaml``, TensorBoard events and ``checkpoints/`` (with ``last.ckpt``),
   so repeating the command with ``--ckpt_path last`` resumes the same run.
-* A preemption signal (SIGUSR1 by default) is handled by :class:`~lightning_sarclip.preemption.PreemptionCheckpoint`
+* A preemption signal (SIGUSR1 by default) is handled by :class:`~lightning_sarclip.training.preemption.PreemptionCheckpoint`
   (``preemption:``): all ranks write ``last.ckpt`` at the next step boundary, a Slurm job requeues itself, and the
   run stops unfinished. Inside Slurm, Lightning's own handler (which saves from inside the signal handler) is off.
 """
@@ -19,40 +19,26 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import lightning_sarclip.data  # noqa: F401  (registers the datamodules for class_path short names)
-import lightning_sarclip.eval.callbacks  # noqa: F401
-from lightning_sarclip.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
-from lightning_sarclip.data.datamodules import SARDataModule
-from lightning_sarclip.module import SARCLIPModule
-from lightning_sarclip.preemption import (
+import lightning_sarclip.training  # noqa: F401  (datamodules, callbacks: class_path short names)
+from lightning_sarclip.training.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
+from lightning_sarclip.training.datamodules import SARDataModule
+from lightning_sarclip.training.module import SARCLIPModule
+from lightning_sarclip.training.preemption import (
     EXIT_PREEMPTED,
     PreemptionCheckpoint,
     stopped_without_requeue,
     was_preempted,
     with_slurm_requeue_disabled,
 )
-from lightning_sarclip.runs import mark_finished, resume_checkpoint
+from lightning_sarclip.training.runs import mark_finished, resume_checkpoint
 
 log = logging.getLogger("lightning_sarclip")
-
-#: Subcommands beyond Lightning's fit/validate/test/predict: name -> module with ``main(argv)``.
-COMMANDS = {
-    "build-corpus": "lightning_sarclip.data.corpus",
-    "evaluate": "lightning_sarclip.eval.evaluate",
-    "report": "lightning_sarclip.eval.report",
-    "export": "lightning_sarclip.export",
-    "embed": "lightning_sarclip.embed",
-    "curriculum": "lightning_sarclip.curriculum",
-    "sweep": "lightning_sarclip.sweep",
-}
-
 
 class SARCLIPCLI(LightningCLI):
     """LightningCLI with linked SAR settings and a run directory per experiment."""
@@ -109,7 +95,7 @@ class SARCLIPCLI(LightningCLI):
         """``--ckpt_path last``: the newest of ``last.ckpt`` and Lightning's Slurm ``hpc_ckpt_*``, or a fresh start.
 
         One command line then serves a run's first start and every restart after preemption or requeue
-        (see :mod:`lightning_sarclip.runs`).
+        (see :mod:`lightning_sarclip.training.runs`).
         """
         config = self.config_init["fit"]
         if config.get("ckpt_path") == "last":
@@ -122,7 +108,7 @@ class SARCLIPCLI(LightningCLI):
     def after_fit(self) -> None:
         """Mark a run that reached its end (``finished.json``): sweeps skip it, restarts know it is done.
 
-        A run stopped by a preemption signal (:mod:`lightning_sarclip.preemption`) has not reached its end.
+        A run stopped by a preemption signal (:mod:`lightning_sarclip.training.preemption`) has not reached its end.
         """
         trainer = self.trainer
         if not fit_completed(trainer):
@@ -152,15 +138,8 @@ def _name_from_configs(configs: Any) -> str | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``python -m lightning_sarclip`` and the ``lightning-sarclip`` script."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in COMMANDS:
-        module_name = COMMANDS[argv[0]]
-        import importlib
-
-        importlib.import_module(module_name).main(argv[1:])
-        return
+    """``fit``/``validate``/``test``/``predict``: ``args`` starts with the subcommand (``None``: ``sys.argv``)."""
     # args=None lets LightningCLI read sys.argv itself (passing both makes it warn).
-    cli = SARCLIPCLI(args=None if args is None else argv)
+    cli = SARCLIPCLI(args=args)
     if cli.subcommand == "fit" and stopped_without_requeue(cli.trainer):
         raise SystemExit(EXIT_PREEMPTED)

@@ -30,12 +30,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from lightning_sarclip.data.datamodules import CaptionCollate
 from lightning_sarclip.data.source_dataset import SourceDataset
+from lightning_sarclip.data.templates import get_templates
 from lightning_sarclip.eval.metrics import RetrievalRecall, ZeroShotAccuracy
 from lightning_sarclip.eval.retrieval import chance_recall_at_k
-from lightning_sarclip.eval.templates import get_templates
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
+from lightning_sarclip.training.datamodules import CaptionCollate
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,12 @@ def format_table(metrics: dict[str, float], title: str) -> str:
     width = max(len(k) for k in metrics)
     lines = [title, f"{'metric'.ljust(width)}  value", f"{'-' * width}  --------"]
     for key, value in metrics.items():
-        shown = f"{100 * value:8.2f}" if not key.endswith("loss") else f"{value:8.4f}"
+        if key.endswith("loss"):
+            shown = f"{value:8.4f}"
+        elif key.endswith("_tied_queries"):
+            shown = f"{int(value):8d}"
+        else:
+            shown = f"{100 * value:8.2f}"
         lines.append(f"{key.ljust(width)}  {shown}")
     return "\n".join(lines)
 

@@ -84,10 +84,10 @@ def final_checkpoint(config: CurriculumConfig, index: int) -> Path:
 def run(config: CurriculumConfig) -> list[Path]:
     """Run (or resume) every stage in order; returns the final checkpoint of each stage that finished.
 
-    A stage stopped before its end (a preemption signal, see :mod:`lightning_sarclip.preemption`) is not marked
+    A stage stopped before its end (a preemption signal, see :mod:`lightning_sarclip.training.preemption`) is not marked
     done and the curriculum stops there; repeating the command resumes that stage.
     """
-    from lightning_sarclip.cli import SARCLIPCLI, fit_completed
+    from lightning_sarclip.commands.fit import SARCLIPCLI, fit_completed
 
     names = [s.name for s in config.stages]
     if len(set(names)) != len(names) or not names:
@@ -120,12 +120,12 @@ def run(config: CurriculumConfig) -> list[Path]:
 
 
 def config_from_args(args: list[str]) -> CurriculumConfig:
-    from lightning_sarclip.config import parse_dataclass_config
+    from lightning_sarclip.commands.config import parse_dataclass_config
 
     return parse_dataclass_config(CurriculumConfig, args, "python -m lightning_sarclip curriculum")
 
 def main(args: list[str]) -> list[Path]:
-    from lightning_sarclip.preemption import EXIT_PREEMPTED
+    from lightning_sarclip.training.preemption import EXIT_PREEMPTED
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = config_from_args(args)

@@ -1,0 +1,62 @@
+"""The commands layer: what a user types. Each command parses, checks and dispatches; the work happens below.
+
+``python -m lightning_sarclip <command> ...`` (or the ``lightning-sarclip`` script) looks the command up in
+:data:`COMMANDS` and imports only that command's module, so ``report --help`` does not pay for Lightning.
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (:mod:`.fit`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: name -> (module with ``main(argv)``, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("lightning_sarclip.commands.fit", "train a model (LightningCLI; --config experiments/<name>.yaml)"),
+    "validate": ("lightning_sarclip.commands.fit", "run the validation loop of a config on a checkpoint"),
+    "test": ("lightning_sarclip.commands.fit", "run the test loop of a config on a checkpoint"),
+    "predict": ("lightning_sarclip.commands.fit", "zero-shot labels for a folder of images (experiments/predict.yaml)"),
+    "build-corpus": ("lightning_sarclip.commands.build_corpus", "build an image-text corpus from dataset roots"),
+    "evaluate": ("lightning_sarclip.commands.evaluate", "zero-shot / retrieval / probes of a checkpoint on a suite"),
+    "report": ("lightning_sarclip.commands.report", "paper-shaped tables from results.jsonl"),
+    "export": ("lightning_sarclip.commands.export", "a checkpoint as a folder that open_clip loads"),
+    "embed": ("lightning_sarclip.commands.embed", "image or text embeddings to a parquet file"),
+    "curriculum": ("lightning_sarclip.commands.curriculum", "multi-stage training (two-stage domain transfer)"),
+    "sweep": ("lightning_sarclip.commands.sweep", "an ablation grid as a Slurm array"),
+}
+
+#: Subcommands that LightningCLI itself parses (it needs the subcommand name in argv).
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def usage() -> str:
+    from lightning_sarclip import __version__
+
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"lightning_sarclip {__version__}: SAR vision-language (CLIP) models with PyTorch Lightning",
+             "", "usage: python -m lightning_sarclip <command> [options]   (or: lightning-sarclip <command> ...)",
+             "", "commands:"]
+    lines += [f"  {name:<{width}}  {description}" for name, (_, description) in COMMANDS.items()]
+    lines += ["", "'<command> --help' lists a command's options; --version prints the version."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m lightning_sarclip`` and the ``lightning-sarclip`` script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if args[0] == "--version":
+        from lightning_sarclip import __version__
+
+        print(f"lightning_sarclip {__version__}")
+        return
+    name = args[0]
+    if name not in COMMANDS:
+        raise SystemExit(f"unknown command {name!r}; the commands are: {', '.join(COMMANDS)}\n\n{usage()}")
+    module = importlib.import_module(COMMANDS[name][0])
+    if name in LIGHTNING_SUBCOMMANDS:
+        module.main(args if argv is not None else None)
+    else:
+        module.main(args[1:])
