@@ -9,12 +9,14 @@ import pytest
 from lightning_sarclip.data.captions import (
     STYLES,
     Captioner,
+    CaptionVocabulary,
     article,
     held_out_prompts,
     plural,
     pretty_classname,
 )
 from lightning_sarclip.data.records import ImageRef, SARRecord
+from lightning_sarclip.data.sources import SOURCES
 from lightning_sarclip.data.templates import TEMPLATE_SETS
 
 OBJECTS = [
@@ -98,7 +100,9 @@ def test_enrichment_fields_come_from_the_readers_caption_fields():
         pytest.skip("no registered source declares caption_fields yet")
     cls = with_fields[0]
     metadata = {field: "VALUE42" for field in cls.caption_fields}
-    captions = Captioner(n_captions=8).captions(record(["ship"], metadata=metadata, source=cls.name))
+    vocabularies = {cls.name: CaptionVocabulary(fields=tuple(cls.caption_fields))}
+    captions = Captioner(n_captions=8, vocabularies=vocabularies).captions(record(["ship"], metadata=metadata,
+                                                                                  source=cls.name))
     assert any("VALUE42".lower() in c.lower() for c in captions)
     plain = Captioner(n_captions=8, metadata_fields=()).captions(record(["ship"], metadata=metadata,
                                                                         source=cls.name))
@@ -199,13 +203,20 @@ def test_articles_and_plurals():
     ("mstar", "BRDM_2", "BRDM-2"), ("not_a_source", "Cargo", "cargo"),
 ])
 def test_labels_that_are_modifiers_read_as_nouns(source, label, noun):
-    from lightning_sarclip.data.captions import label_noun
+    from lightning_sarclip.data.captions import PLAIN_VOCABULARY, CaptionVocabulary
+    from lightning_sarclip.data.sources import SOURCES
 
-    assert label_noun(source, label) == noun
+    vocabulary = CaptionVocabulary(SOURCES[source].caption_nouns) if source in SOURCES else PLAIN_VOCABULARY
+    assert vocabulary.noun(label) == noun
 
 
 def test_opensarship_captions_name_a_ship_not_a_bare_type():
     record = SARRecord("opensarship", "x", "train", ImageRef("unused.png"), labels=["Cargo"])
-    captions = " ".join(Captioner(styles=("general",), n_captions=4, seed=0).captions(record)).lower()
+    nouns = {"opensarship": CaptionVocabulary(SOURCES["opensarship"].caption_nouns)}
+    captioner = Captioner(styles=("general",), n_captions=4, seed=0, vocabularies=nouns)
+    captions = " ".join(captioner.captions(record)).lower()
     assert "cargo ship" in captions
+    # Handed nothing, the captioner does not look the source up by name: the label reads as it is.
+    plain = " ".join(Captioner(styles=("general",), n_captions=4, seed=0).captions(record)).lower()
+    assert "cargo ship" not in plain
     assert "the cargo." not in captions and "a cargo." not in captions

@@ -4,15 +4,7 @@ import math
 
 import lightning.pytorch as pl
 import pytest
-import torch
 
-from lightning_sarclip.data.source_dataset import SourceDataset
-from lightning_sarclip.eval import (
-    build_zeroshot_classifier,
-    classification_metrics,
-    get_templates,
-    zeroshot_logits,
-)
 from lightning_sarclip.training import SourceDataModule
 from lightning_sarclip.training.callbacks import EvalSuiteCallback, RetrievalZeroShotCallback
 from lightning_sarclip.training.module import SARCLIPModule
@@ -72,18 +64,29 @@ def test_fit_logs_suite_metrics_equal_to_a_direct_evaluation(tmp_path):
     assert all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in logged.values())
     assert suite.last_metrics["val/mstar/zeroshot_top1"] == pytest.approx(logged["val/mstar/zeroshot_top1"])
 
-    # The same numbers from the plain functions: 3 evenly spaced MSTAR chips, "simple" templates.
-    module.eval()
-    dataset = SourceDataset("mstar", MSTAR, split="test", image_size=32, in_chans=1)
-    items = [dataset[i] for i in (0, 1, 2)]  # 4 chips, max_images=3 -> indices 0, 1, 2
-    with torch.no_grad():
-        features = module.encode_image(torch.stack([item["image"] for item in items]))
-        classifier = build_zeroshot_classifier(module.encode_text, module.tokenizer, dataset.classnames,
-                                               get_templates("simple"))
-    expected = classification_metrics(zeroshot_logits(features, classifier),
-                                      torch.tensor([item["label"] for item in items]), topk=(1, 3, 5))
-    assert logged["val/mstar/zeroshot_top1"] == pytest.approx(expected["top1"])
-    assert logged["val/mstar/zeroshot_mean_per_class"] == pytest.approx(expected["mean_per_class"])
+
+
+def test_fit_time_metrics_equal_evaluate_on_the_same_checkpoint(tmp_path):
+    """One evaluation path: the callback's numbers are what the ``evaluate`` command reports for the checkpoint."""
+    from lightning_sarclip.eval.evaluate import DatasetSpec, EvalConfig, ModelSpec, run
+
+    trainer, module, suite = _fit(tmp_path, devices=1)
+    logged = _logged(trainer)
+    checkpoint = tmp_path / "fitted.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    datasets = [DatasetSpec(**{"task": "both", "batch_size": 1, "templates": "sar", **entry}) for entry in SUITE]
+    config = EvalConfig(output=str(tmp_path / "eval" / "results.jsonl"), datasets=datasets,
+                        model=ModelSpec(pretrained=str(checkpoint)), ks=[1, 2], figures=False)
+    rows = run(config)
+    reported = {}
+    for row in rows:
+        key = f"zeroshot_{row['metric']}" if row["task"] == "zeroshot" else row["metric"]
+        reported[f"val/{row['dataset']}/{key}"] = row["value"]
+    compared = [key for key in SUITE_KEYS if key in logged]
+    assert compared == SUITE_KEYS
+    for key in compared:
+        assert logged[key] == pytest.approx(reported[key], abs=1e-6), key
+    assert suite.last_metrics["val/mstar/zeroshot_top1"] == pytest.approx(reported["val/mstar/zeroshot_top1"])
 
 
 def test_ddp_spawn_two_processes_log_the_single_process_values(tmp_path):

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lightning_sarclip.utils.atomic import atomic_write_json
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -111,10 +112,8 @@ def run(config: CurriculumConfig) -> list[Path]:
         if last is None or not last.exists():
             raise RuntimeError(f"curriculum: stage {stage.name!r} wrote no last.ckpt (checkpointing disabled?)")
         if cli.trainer.is_global_zero:
-            tmp = marker.with_name(marker.name + ".tmp")
-            tmp.write_text(json.dumps({"stage": stage.name, "checkpoint": str(last.resolve()),
-                                       "global_step": cli.trainer.global_step, "args": args}, indent=1))
-            os.replace(tmp, marker)
+            atomic_write_json(marker, {"stage": stage.name, "checkpoint": str(last.resolve()),
+                                       "global_step": cli.trainer.global_step, "args": args}, indent=1)
         finals.append(last.resolve())
     return finals
 

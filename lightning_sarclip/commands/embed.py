@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader
 from lightning_sarclip.training.prediction import (
     IMAGE_EXTENSIONS,
     ImageFolderDataset,
-    atomic_path,
     collate_predict,
 )
+from lightning_sarclip.utils.atomic import atomic_open, atomic_path
 
 METADATA_KEY = b"lightning_sarclip"
 
@@ -133,7 +133,7 @@ def _write_errors(out: Path, errors: list[tuple[str, str]]) -> None:
     if not errors:
         side.unlink(missing_ok=True)
         return
-    with atomic_path(side) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(side, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "error"])
         writer.writerows(errors)

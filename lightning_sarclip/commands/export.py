@@ -16,7 +16,8 @@ channels, dual-pol as ``(VV, VH, (VV + VH) / 2)``); the card spells this out. ``
 refused: their patch embedding takes 1 or 2 channels and stock open_clip architectures cannot hold it.
 
 The files are first written to a staging folder inside ``out``, loaded back with stock open_clip (strict
-weights), and only then moved into place, each with one ``os.replace``.
+weights), and only then moved into place, each by its own atomic rename
+(:func:`lightning_sarclip.utils.atomic.staged_folder`; files get the permissions a plain ``open`` gives).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lightning_sarclip.utils.atomic import staged_folder
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -310,25 +311,15 @@ def export_checkpoint(
     card = model_card(hparams, oc_config, read_run_config(run_dir), rows, ckpt, ckpt_hash, card_extra)
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    try:
+    roles = {"weights": WEIGHTS_NAME, "config": CONFIG_NAME, "card": CARD_NAME}
+    # Each file is moved into place only after the whole folder loaded back; the staging folder never stays.
+    with staged_folder(out, names=tuple(roles.values())) as staging:
         save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(staging / WEIGHTS_NAME),
                   metadata={"format": "pt", "checkpoint_hash": str(ckpt_hash)})
         (staging / CONFIG_NAME).write_text(json.dumps(oc_config, indent=2) + "\n", encoding="utf-8")
         (staging / CARD_NAME).write_text(card, encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
-            os.chmod(staging / name, 0o666 & ~umask)  # safetensors creates its file private
         verify_folder(staging)
-        files = {}
-        for role, name in (("weights", WEIGHTS_NAME), ("config", CONFIG_NAME), ("card", CARD_NAME)):
-            os.replace(staging / name, out / name)
-            files[role] = out / name
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return files
+    return {role: out / name for role, name in roles.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_sarclip.training.runs import finished, write_json_atomic
+from lightning_sarclip.training.runs import finished
+from lightning_sarclip.utils.atomic import (
+    atomic_append,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
@@ -240,7 +246,7 @@ def write_sweep(config: SweepConfig) -> list[Run]:
             raise FileNotFoundError(f"sweep {config.name!r}: config {source} not found (paths are relative to "
                                     f"the current directory, {Path.cwd()})")
         target = base_dir / f"{i:02d}_{source_path.name}"
-        shutil.copyfile(source_path, target)
+        atomic_write_bytes(target, source_path.read_bytes())
         bases.append(target)
     device = _device_overrides(config.slurm)
     runs = []
@@ -251,7 +257,7 @@ def write_sweep(config: SweepConfig) -> list[Run]:
                              "(nodes, gpus_per_node, tasks_per_node); remove them from grid/variants/fixed")
         content = {"name": f"{config.name}/{name}", "run_root": config.run_root, **nested({**overrides, **device})}
         path = out / "configs" / f"{name}.yaml"
-        _write_text_atomic(path, f"# sweep {config.name}, run {name}: stacked after {out / 'base'}/*\n"
+        atomic_write_text(path, f"# sweep {config.name}, run {name}: stacked after {out / 'base'}/*\n"
                            + yaml.safe_dump(content, sort_keys=False))
         run_dir = Path(config.run_root) / config.name / name
         runs.append(Run(name, overrides, path, run_dir, finished(run_dir) is not None))
@@ -262,21 +268,15 @@ def write_sweep(config: SweepConfig) -> list[Run]:
     pending = [r for r in runs if not r.finished]
     if config.check and pending:
         check_runs(pending, bases)
-    _write_text_atomic(out / "runs.txt", "".join(f"{r.config_path}\n" for r in pending))
-    _write_text_atomic(out / "sweep.sbatch", array_script(config, bases, [r.config_path.resolve() for r in pending]))
-    write_json_atomic(out / "manifest.json", {
+    atomic_write_text(out / "runs.txt", "".join(f"{r.config_path}\n" for r in pending))
+    atomic_write_text(out / "sweep.sbatch", array_script(config, bases, [r.config_path.resolve() for r in pending]))
+    atomic_write_json(out / "manifest.json", {
         "name": config.name,
         "configs": [str(b) for b in bases],
         "runs": [{"name": r.name, "config": str(r.config_path), "run_dir": str(r.run_dir), "finished": r.finished,
                   "overrides": r.overrides} for r in runs],
-    })
+    }, indent=2, sort_keys=True)
     return runs
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def array_script(config: SweepConfig, bases: list[Path], run_configs: list[Path]) -> str:
@@ -410,8 +410,8 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     job_id = submit(script)
-    with open(out / "submissions.jsonl", "a") as f:
-        f.write(json.dumps({"job_id": job_id, "runs": [r.name for r in pending]}) + "\n")
+    atomic_append(out / "submissions.jsonl",
+                  (json.dumps({"job_id": job_id, "runs": [r.name for r in pending]}) + "\n").encode())
     print(f"submitted array job {job_id} ({len(pending)} task(s)); logs in {out / 'logs'}")
 
 

@@ -33,7 +33,8 @@ import random
 import re
 import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cache, lru_cache
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from lightning_sarclip.data.records import SARRecord
@@ -185,24 +186,30 @@ def pretty_classname(name: str) -> str:
     return " ".join(w for w in words if w)
 
 
-def label_noun(source: str, label: str) -> str:
-    """How a class label reads as a noun in a caption of ``source``.
+@dataclass(frozen=True)
+class CaptionVocabulary:
+    """What a source's captions need to know about its data, handed to :class:`Captioner` per source name.
 
-    A source may name classes by a modifier alone (OpenSARShip's AIS groups ``Cargo``, ``Fishing``; SAR-AIRcraft's
-    ``other``); its ``caption_nouns`` turns them into nouns ("cargo ship", "fishing vessel", "miscellaneous
-    aircraft"). Other labels, and records of unregistered sources, read as :func:`pretty_classname`.
+    Args:
+        nouns: class label -> the noun captions use, for labels that are modifiers alone (OpenSARShip's AIS groups
+            ``Cargo`` -> "cargo ship", SAR-AIRcraft's ``other`` -> "miscellaneous aircraft"). Other labels read
+            as :func:`pretty_classname`.
+        fields: metadata keys worth putting into captions; ``None`` = :data:`DEFAULT_FIELDS`.
+
+    The reader instance answers both (``caption_nouns``, ``caption_fields``); :mod:`lightning_sarclip.data.listing`
+    builds the vocabulary from it, so the captioner never looks sources up by name.
     """
-    return _caption_nouns(source).get(label) or pretty_classname(label)
+
+    nouns: Mapping[str, str] = field(default_factory=dict)
+    fields: tuple[str, ...] | None = None
+
+    def noun(self, label: str) -> str:
+        """How ``label`` reads as a noun in a caption."""
+        return self.nouns.get(label) or pretty_classname(label)
 
 
-@cache
-def _caption_nouns(source: str) -> dict[str, str]:
-    from lightning_sarclip.data.sources.base import get_source
-
-    try:
-        return dict(get_source(source).caption_nouns)
-    except ValueError:  # not a registered source (synthetic scenes, ad-hoc records)
-        return {}
+#: The vocabulary of records whose source handed none (synthetic scenes, ad-hoc records).
+PLAIN_VOCABULARY = CaptionVocabulary()
 
 
 def article(noun: str) -> str:
@@ -341,8 +348,10 @@ class Captioner:
         template_banks: ``{bank: [templates]}`` replacing the built-in phrasings of a bank (``general``,
             ``complex``, ``absolute``, ``relative``, ``enriched``, ``negative``, ``metadata_only``); placeholders
             are checked against the bank's (see ``_BANK_FIELDS``).
-        metadata_fields: metadata keys that may enrich captions; ``None`` = the reader's ``caption_fields`` class
-            attribute (or sensor/band/polarization/resolution_m when it has none); ``()`` disables enrichment.
+        metadata_fields: metadata keys that may enrich captions; ``None`` = the record's source vocabulary's
+            ``fields`` (or sensor/band/polarization/resolution_m when it has none); ``()`` disables enrichment.
+        vocabularies: per source name, the :class:`CaptionVocabulary` of its reader (nouns for modifier-only labels,
+            caption fields); sources without one read with :data:`PLAIN_VOCABULARY`.
         rewriter: optional ``(record, captions) -> captions`` applied last (e.g. an LLM paraphraser); must return
             the same number of non-empty strings.
     """
@@ -355,6 +364,7 @@ class Captioner:
         template_banks: Mapping[str, Sequence[str]] | None = None,
         metadata_fields: Sequence[str] | None = None,
         rewriter: Rewriter | None = None,
+        vocabularies: Mapping[str, CaptionVocabulary] | None = None,
     ) -> None:
         styles = tuple(styles)
         unknown = [s for s in styles if s not in STYLES]
@@ -372,6 +382,7 @@ class Captioner:
             self.banks[name] = _validate_bank(name, templates)
         self.metadata_fields = None if metadata_fields is None else tuple(metadata_fields)
         self.rewriter = rewriter
+        self.vocabularies = dict(vocabularies or {})
 
     # ------------------------------------------------------------------ public
     def captions(self, record: SARRecord) -> list[str]:
@@ -404,7 +415,12 @@ class Captioner:
         """Metadata keys used to enrich ``record``'s captions."""
         if self.metadata_fields is not None:
             return self.metadata_fields
-        return _caption_fields_of(record.source)
+        fields = self.vocabulary(record).fields
+        return DEFAULT_FIELDS if fields is None else fields
+
+    def vocabulary(self, record: SARRecord) -> CaptionVocabulary:
+        """The vocabulary handed for ``record``'s source (:data:`PLAIN_VOCABULARY` when none was)."""
+        return self.vocabularies.get(record.source, PLAIN_VOCABULARY)
 
     # ------------------------------------------------------------------ internals
     def _rng(self, record: SARRecord) -> random.Random:
@@ -478,10 +494,10 @@ class Captioner:
             totals: dict[str, int] = {}
             for o in objects:
                 totals[o["label"]] = totals.get(o["label"], 0) + o["count"]
-            nouns = {label: label_noun(record.source, label) for label in totals}
+            nouns = {label: self.vocabulary(record).noun(label) for label in totals}
             return _join([plural(nouns[label]) if count > 1 else f"{article(nouns[label])} {nouns[label]}"
                           for label, count in totals.items()])
-        names = [label_noun(record.source, label) for label in record.labels]
+        names = [self.vocabulary(record).noun(label) for label in record.labels]
         if len(names) == 1:
             noun = names[0]
             return f"{rng.choice((article(noun), 'the'))} {noun}"
@@ -505,16 +521,16 @@ class Captioner:
             totals: dict[str, int] = {}
             for o in objects:
                 totals[o["label"]] = totals.get(o["label"], 0) + o["count"]
-            values["objects"] = _join([_count_phrase(c, label_noun(record.source, lab), rng)
+            values["objects"] = _join([_count_phrase(c, self.vocabulary(record).noun(lab), rng)
                                        for lab, c in totals.items()])
         if style == "absolute":
             group = rng.choice(objects)
-            values.update(self._group(group, label_noun(record.source, group["label"]), rng))
+            values.update(self._group(group, self.vocabulary(record).noun(group["label"]), rng))
         if style == "relative":
             first, second, relation = rng.choice(_relations(objects))
-            values.update(self._group(first, label_noun(record.source, first["label"]), rng))
+            values.update(self._group(first, self.vocabulary(record).noun(first["label"]), rng))
             values["relation"] = relation
-            noun = label_noun(record.source, second["label"])
+            noun = self.vocabulary(record).noun(second["label"])
             other = f"the {noun}" if second["count"] == 1 else f"the {_count_phrase(second['count'], noun, rng)}"
             if second["label"] == first["label"]:  # "above the 2 ships" would be ambiguous: say which
                 other += f" {_LOCATION[second['position']]}"
@@ -569,15 +585,3 @@ def _objects_of(record: SARRecord) -> list[dict] | None:
         if problem:
             raise ValueError(f"{record.key}: metadata['objects'][{i}]: {problem}")
     return objects
-
-
-@lru_cache(maxsize=256)
-def _caption_fields_of(source: str) -> tuple[str, ...]:
-    from lightning_sarclip.data.sources.base import get_source
-
-    try:
-        cls = get_source(source)
-    except ValueError:
-        return DEFAULT_FIELDS
-    fields = getattr(cls, "caption_fields", None)
-    return DEFAULT_FIELDS if fields is None else tuple(fields)

@@ -19,8 +19,9 @@ How it works, and why:
    is read once, converted by its source's policy to [0, 1], bounded to ``max_side``, stored as an 8-bit PNG
    (1 channel ``L``; 2 channels VV/VH as ``LA``), hashed (``image_hash``: BLAKE2b of the stored pixels;
    ``phash``: 64-bit DCT perceptual hash) and captioned. Shards are written to a temporary name and renamed, and
-   ``build_state.json`` is replaced atomically after each shard, so a killed build restarts at the first
-   unfinished shard and produces exactly what an uninterrupted build produces. Memory is one shard's rows.
+   ``build_state.json`` is replaced atomically after each shard (:mod:`lightning_sarclip.utils.atomic`), so a
+   killed build restarts at the first unfinished shard and produces exactly what an uninterrupted build produces
+   (the killed build's temporary files are removed when their destinations are written again). Memory is one shard's rows.
 2. **Decide.** From the hashes alone (no pixels): images whose perceptual hashes differ by at most
    ``phash_distance`` bits are one group (SARDet-100K, SARLANG-1M and others re-publish the same images). In a
    group, test beats val beats train: an image that is in any test split never reaches train or val, and one
@@ -37,7 +38,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 import time
 from collections import Counter, defaultdict
@@ -53,11 +53,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from lightning_sarclip.data.captions import Captioner
-from lightning_sarclip.data.detection import detection_pairs
 from lightning_sarclip.data.io import read_sar
+from lightning_sarclip.data.listing import SourceListing
 from lightning_sarclip.data.records import SARRecord
 from lightning_sarclip.data.sources import get_source
-from lightning_sarclip.data.transforms import build_policy
+from lightning_sarclip.utils.atomic import atomic_open, atomic_path
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -170,25 +170,22 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- records
-def _source_records(spec: CorpusSource) -> Iterator[tuple[SARRecord, Any]]:
-    """The records of one source with the policy spec its reader chose (readers may choose per layout),
-    detection sources expanded to pairs, ``split: all`` assigned."""
+def _source_records(spec: CorpusSource) -> Iterator[tuple[SARRecord, SourceListing]]:
+    """The records of one source, each with the listing of its split (the reader instance's policy and caption
+    vocabulary; readers resolve both per layout), detection sources expanded to pairs, ``split: all`` assigned."""
     source_cls = get_source(spec.name)
     total = 0
     for split in spec.splits or list(source_cls.splits):
-        source = source_cls(spec.root, split=split, **spec.options)
-        policy = spec.policy or source.default_policy
-        records: Iterator[SARRecord] = source.records()
-        if source_cls.task == "detection":
-            records = detection_pairs(records, mode=spec.detection)
-        for count, record in enumerate(records):
+        listing = SourceListing(spec.name, spec.root, split, options=spec.options, policy=spec.policy,
+                                detection=spec.detection)
+        for count, record in enumerate(listing.records()):
             if spec.max_images is not None and count >= spec.max_images:
                 break
             if record.split == "all":
                 group = record.metadata.get(spec.group_by, record.source_id) if spec.group_by else record.source_id
                 record.split = split_of(f"{spec.name}:{group}", spec.val_fraction, spec.test_fraction)
             total += 1
-            yield record, policy
+            yield record, listing
     if total == 0:
         raise ValueError(
             f"source {spec.name!r} at {spec.root} yielded no records for splits "
@@ -197,10 +194,10 @@ def _source_records(spec: CorpusSource) -> Iterator[tuple[SARRecord, Any]]:
         )
 
 
-def iter_records(config: CorpusConfig) -> Iterator[tuple[CorpusSource, SARRecord, Any]]:
+def iter_records(config: CorpusConfig) -> Iterator[tuple[CorpusSource, SARRecord, SourceListing]]:
     for spec in config.sources:
-        for record, policy in _source_records(spec):
-            yield spec, record, policy
+        for record, listing in _source_records(spec):
+            yield spec, record, listing
 
 
 # ---------------------------------------------------------------------------------------------- conversion
@@ -239,44 +236,41 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- atomic io
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+# Every output file goes through lightning_sarclip.utils.atomic. An output folder has one builder (two would
+# write the same shard indexes), so a temporary file of a destination that is about to be written again can only
+# be a killed build's: it is removed at once (not after utils.atomic's STALE_AFTER_S), and a resumed build leaves
+# exactly the files of an uninterrupted one.
+_STALE_AFTER_S = 0.0
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def _write_text(path: Path, text: str) -> None:
+    with atomic_open(path, "wb", stale_after_s=_STALE_AFTER_S) as handle:
+        handle.write(text.encode("utf-8"))
 
 
-def _write_table_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def _write_table(table: pa.Table, path: Path) -> None:
+    with atomic_path(path, stale_after_s=_STALE_AFTER_S) as tmp:
+        pq.write_table(table, tmp)
 
 
 # ---------------------------------------------------------------------------------------------- shards
 def _write_shard(rows: list[dict], path: Path, fmt: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if fmt == "arrow":
-        table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SHARD_SCHEMA) as writer:
-            writer.write_table(table)
-    elif fmt == "webdataset":
-        with tarfile.open(tmp, "w") as tar:
-            for row in rows:
-                meta = {k: v for k, v in row.items() if k != "png"}
-                for suffix, payload in (("png", row["png"]), ("json", json.dumps(meta).encode())):
-                    info = tarfile.TarInfo(f"{row['key']}.{suffix}")
-                    info.size = len(payload)
-                    info.mtime = 0
-                    tar.addfile(info, io.BytesIO(payload))
-    else:
+    if fmt not in ("arrow", "webdataset"):
         raise ValueError(f"format: expected 'arrow' or 'webdataset', got {fmt!r}")
-    os.replace(tmp, path)
+    with atomic_path(path, stale_after_s=_STALE_AFTER_S) as tmp:
+        if fmt == "arrow":
+            table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, SHARD_SCHEMA) as writer:
+                writer.write_table(table)
+        else:
+            with tarfile.open(tmp, "w") as tar:
+                for row in rows:
+                    meta = {k: v for k, v in row.items() if k != "png"}
+                    for suffix, payload in (("png", row["png"]), ("json", json.dumps(meta).encode())):
+                        info = tarfile.TarInfo(f"{row['key']}.{suffix}")
+                        info.size = len(payload)
+                        info.mtime = 0
+                        tar.addfile(info, io.BytesIO(payload))
 
 
 def read_shard(path: str | Path) -> pa.Table:
@@ -317,7 +311,7 @@ def _load_state(out: Path, config: CorpusConfig) -> BuildState:
 
 
 def _save_state(out: Path, state: BuildState) -> None:
-    atomic_write_text(out / "build_state.json", json.dumps(asdict(state), indent=1))
+    _write_text(out / "build_state.json", json.dumps(asdict(state), indent=1))
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -326,8 +320,7 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     out = Path(config.output)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     state = _load_state(out, config)
-    captioner_cache: dict[str, Captioner] = {}
-    policy_cache: dict[str, Any] = {}
+    captioner_cache: dict[tuple[str, int], Captioner] = {}
     suffix = "arrow" if config.format == "arrow" else "tar"
     skip = state.records_done
     rows: list[dict] = []
@@ -335,11 +328,11 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     seen = 0
     written = 0
     if not state.finished:
-        for spec, record, policy in iter_records(config):
+        for spec, record, listing in iter_records(config):
             seen += 1
             if seen <= skip:
                 continue  # already in a finished shard; listing records is cheap, pixels are not read
-            rows.append(_make_row(spec, record, policy, config, captioner_cache, policy_cache))
+            rows.append(_make_row(spec, record, listing, config, captioner_cache))
             written += 1
             if len(rows) == config.shard_size:
                 _flush(out, state, rows, suffix, config.format)
@@ -364,24 +357,20 @@ def _flush(out: Path, state: BuildState, rows: list[dict], suffix: str, fmt: str
     _write_shard(rows, path, fmt)
     # Side file with everything but pixels, so finalising never decodes images (and works for tar shards).
     meta = [{k: v for k, v in row.items() if k != "png"} for row in rows]
-    _write_table_atomic(pa.Table.from_pylist(meta, schema=SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("png"))),
+    _write_table(pa.Table.from_pylist(meta, schema=SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("png"))),
                         out / "shards" / f"shard-{index:05d}.meta.parquet")
     state.shards.append({"file": name, "records": len(rows), "first": state.records_done})
     _save_state(out, state)
 
 
 def _make_row(
-    spec: CorpusSource, record: SARRecord, policy_spec: Any, config: CorpusConfig, captioners: dict, policies: dict
+    spec: CorpusSource, record: SARRecord, listing: SourceListing, config: CorpusConfig, captioners: dict
 ) -> dict:
-    policy_key = json.dumps(policy_spec, sort_keys=True, default=str)
-    if policy_key not in policies:
-        policies[policy_key] = build_policy(policy_spec)
-    if spec.n_captions not in captioners:
-        captioners[spec.n_captions] = Captioner(
-            styles=tuple(config.caption_styles), n_captions=spec.n_captions, seed=config.seed
-        )
-    pixels = store_pixels(record, policies[policy_key], config.max_side)
-    captions, styles = captions_and_styles(captioners[spec.n_captions], record)
+    key = (listing.source, spec.n_captions)
+    if key not in captioners:
+        captioners[key] = listing.captioner(config.caption_styles, spec.n_captions, config.seed)
+    pixels = store_pixels(record, listing.policy, config.max_side)
+    captions, styles = captions_and_styles(captioners[key], record)
     return {
         "key": content_key(record),
         "source": record.source,
@@ -509,7 +498,7 @@ def finalize(out: Path, config: CorpusConfig, state: BuildState) -> dict[str, An
     columns["caption_index"] = pa.array(caption_index, pa.int32())
     columns["caption_style"] = pc.list_flatten(styles)
     manifest = pa.table([columns[name] for name in MANIFEST_SCHEMA.names], schema=MANIFEST_SCHEMA)
-    _write_table_atomic(manifest, out / "manifest.parquet")
+    _write_table(manifest, out / "manifest.parquet")
     variants_dir = out / "variants"
     variants_dir.mkdir(exist_ok=True)
     variant_counts = {}
@@ -518,10 +507,10 @@ def finalize(out: Path, config: CorpusConfig, state: BuildState) -> dict[str, An
         keep = pc.and_(pc.equal(manifest.column("status"), "kept"),
                        pc.invert(pc.is_in(manifest.column("group"), held_groups)))
         variant = manifest.filter(keep)
-        _write_table_atomic(variant, variants_dir / f"{name}.parquet")
+        _write_table(variant, variants_dir / f"{name}.parquet")
         variant_counts[name] = variant.num_rows
     stats = corpus_stats(manifest)
-    atomic_write_text(out / "stats.md", stats_markdown(stats))
+    _write_text(out / "stats.md", stats_markdown(stats))
     return {"output": str(out), "images": images.num_rows, "pairs": manifest.num_rows, "status": dict(Counter(status)),
             "variants": variant_counts, "stats": stats}
 

@@ -1,8 +1,8 @@
 """``SourceDataset``: any registered source as the map-style image-caption dataset the datamodules batch.
 
 The source's records (cheap: paths, labels, metadata) are listed once at construction; pixels are read in
-``__getitem__`` (so in dataloader workers) with the source's conversion policy, and captions come from the
-source itself or the :class:`~lightning_sarclip.data.captions.Captioner`. An unreadable image raises the io
+``__getitem__`` (so in dataloader workers) with the reader instance's conversion policy, and captions come from
+the source itself or the :class:`~lightning_sarclip.data.captions.Captioner` (handed the reader's vocabulary). An unreadable image raises the io
 error naming the file: substituting another image would silently change the training data.
 """
 
@@ -11,14 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 
-from lightning_sarclip.data.captions import Captioner
-from lightning_sarclip.data.io import read_sar
+from lightning_sarclip.data.captions import STYLES, Captioner
+from lightning_sarclip.data.listing import SourceListing
 from lightning_sarclip.data.records import SARRecord
-from lightning_sarclip.data.sources.base import get_source
-from lightning_sarclip.data.transforms import build_policy, resize_square, to_model_channels
 
 __all__ = ["SourceDataset", "fixed_count"]
 
@@ -34,20 +31,24 @@ def fixed_count(captions: Sequence[str], n: int) -> list[str]:
 class SourceDataset(Dataset):
     """Image-caption pairs of one split of one source (``{"image", "captions", "label", "index"}`` items).
 
+    ``SourceDataset("mstar", root, "test", image_size=128)`` lists the source itself; the datamodule, the
+    evaluation callback and ``evaluate``, which list a source once for several splits or subsets, build it
+    with :meth:`from_listing`. Either way the reader instance decides the conversion policy and the class names
+    (:class:`~lightning_sarclip.data.listing.SourceListing`).
+
     Args:
         source: registered source name (``class_folder``, ``mstar`` ...).
         root: the dataset's folder (see its data card).
         split: ``train``, ``val``, ``test`` or ``all``.
         image_size: side of the square images returned.
         in_chans: channels returned (1 single-pol, 2 dual-pol).
-        captioner: caption writer; default ``Captioner(n_captions=n_captions, seed=seed)``.
         n_captions: captions per item (padded by cycling, or cut).
-        seed: caption seed of the default captioner.
-        policy: conversion policy spec overriding the source's ``default_policy``.
+        seed: caption seed.
+        caption_styles: styles of the captioner.
+        policy: conversion policy spec overriding the reader instance's ``default_policy``.
         source_options: extra keyword arguments of the source's constructor.
-        classnames: class list fixing label indices (the datamodule passes one list to every split);
-            default: the source's ``classnames``, else the sorted labels seen.
-        records: records already listed (the datamodule lists all splits in one pass); default: read them.
+        detection: detection sources as ``whole`` images, object ``chips`` or ``both``.
+        classnames: class list fixing label indices; default: the reader's class names, else the sorted labels seen.
     """
 
     def __init__(
@@ -57,38 +58,56 @@ class SourceDataset(Dataset):
         split: str = "train",
         image_size: int = 224,
         in_chans: int = 1,
-        captioner: Captioner | None = None,
         n_captions: int = 5,
         seed: int = 0,
+        caption_styles: Sequence[str] = STYLES,
         policy: str | dict | None = None,
         source_options: dict[str, Any] | None = None,
+        detection: str = "whole",
         classnames: Sequence[str] | None = None,
-        records: Sequence[SARRecord] | None = None,
     ) -> None:
+        listing = SourceListing(source, root, split, options=source_options, policy=policy, detection=detection)
+        self._setup(listing, list(listing.records()), split, image_size, in_chans,
+                    listing.captioner(caption_styles, n_captions, seed), n_captions, classnames)
+
+    @classmethod
+    def from_listing(
+        cls,
+        listing: SourceListing,
+        records: Sequence[SARRecord],
+        split: str,
+        image_size: int = 224,
+        in_chans: int = 1,
+        captioner: Captioner | None = None,
+        n_captions: int = 5,
+        classnames: Sequence[str] | None = None,
+    ) -> SourceDataset:
+        """A dataset over ``records`` of ``listing`` (e.g. one split of an ``all`` listing, or a subset)."""
+        dataset = cls.__new__(cls)
+        dataset._setup(listing, list(records), split, image_size, in_chans,
+                       captioner or listing.captioner(n_captions=n_captions), n_captions, classnames)
+        return dataset
+
+    def _setup(self, listing: SourceListing, records: list[SARRecord], split: str, image_size: int, in_chans: int,
+               captioner: Captioner, n_captions: int, classnames: Sequence[str] | None) -> None:
         if n_captions < 1:
             raise ValueError(f"n_captions must be >= 1, got {n_captions}")
-        self.source_cls = get_source(source)
-        self.source, self.root, self.split = source, str(root), split
+        self.listing = listing
+        self.source, self.root, self.split = listing.source, listing.root, split
         self.image_size, self.in_chans, self.n_captions = image_size, in_chans, n_captions
-        if records is None:
-            reader = self.source_cls(root, split, **(source_options or {}))
-            records = list(reader.records())
-            known = list(getattr(reader, "classnames", None) or [])
-        else:
-            known = list(self.source_cls.classnames)
-        self.records: list[SARRecord] = list(records)
+        self.records: list[SARRecord] = records
         if not self.records:
             raise ValueError(
-                f"source {source!r} at {root} has no records for split {split!r} (a source without official "
-                "splits yields them as split 'all'; check the data card's expected layout)"
+                f"source {listing.source!r} at {listing.root} has no records for split {split!r} (a source without "
+                "official splits yields them as split 'all'; check the data card's expected layout)"
             )
         if classnames is not None:
             self.classnames = list(classnames)
         else:
-            self.classnames = known or sorted({label for r in self.records for label in r.labels})
+            self.classnames = listing.classnames or sorted({label for r in self.records for label in r.labels})
         self._class_index = {name: i for i, name in enumerate(self.classnames)}
-        self.captioner = captioner or Captioner(n_captions=n_captions, seed=seed)
-        self.policy = build_policy(policy if policy is not None else self.source_cls.default_policy)
+        self.captioner = captioner
+        self.policy = listing.policy
 
     def __len__(self) -> int:
         return len(self.records)
@@ -100,10 +119,8 @@ class SourceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = read_sar(record.image)
-        array = to_model_channels(self.policy(image), self.in_chans, record.image.name)
         return {
-            "image": resize_square(array, self.image_size).clamp_(0.0, 1.0).to(torch.float32),
+            "image": self.listing.load_image(record, self.image_size, self.in_chans),
             "captions": fixed_count(self.captioner.captions(record), self.n_captions),
             "label": self.label_of(record),
             "index": index,

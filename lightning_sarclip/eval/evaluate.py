@@ -35,11 +35,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_sarclip.data.listing import DETECTION_MODES
 from lightning_sarclip.data.templates import get_templates
 from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
 from lightning_sarclip.eval.results import append_results
 from lightning_sarclip.eval.retrieval import recall_at_k
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
+from lightning_sarclip.utils.atomic import atomic_write_json
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -155,18 +157,23 @@ def check_config(config: EvalConfig) -> None:
     if duplicates:
         raise ValueError(f"evaluate: dataset names must be unique, repeated: {duplicates}")
     for spec in config.datasets:
-        where = f"dataset {spec.name!r}"
-        if spec.task not in TASKS:
-            raise ValueError(f"{where}: task must be one of {TASKS}, got {spec.task!r}")
-        if spec.multi_label not in MULTI_LABEL:
-            raise ValueError(f"{where}: multi_label must be one of {MULTI_LABEL}, got {spec.multi_label!r}")
-        if spec.detection not in ("chips", "whole"):
-            raise ValueError(f"{where}: detection must be 'chips' or 'whole', got {spec.detection!r}")
-        for key in ("batch_size", "n_captions"):
-            if getattr(spec, key) < 1:
-                raise ValueError(f"{where}: {key} must be >= 1, got {getattr(spec, key)}")
-        if spec.max_images is not None and spec.max_images < 1:
-            raise ValueError(f"{where}: max_images must be >= 1 or null, got {spec.max_images}")
+        check_dataset_spec(spec)
+
+
+def check_dataset_spec(spec: DatasetSpec) -> None:
+    """Static checks of one dataset entry (no file access), shared by ``evaluate`` and the fit-time callback."""
+    where = f"dataset {spec.name!r}"
+    if spec.task not in TASKS:
+        raise ValueError(f"{where}: task must be one of {TASKS}, got {spec.task!r}")
+    if spec.multi_label not in MULTI_LABEL:
+        raise ValueError(f"{where}: multi_label must be one of {MULTI_LABEL}, got {spec.multi_label!r}")
+    if spec.detection not in DETECTION_MODES:
+        raise ValueError(f"{where}: detection must be one of {DETECTION_MODES}, got {spec.detection!r}")
+    for key in ("batch_size", "n_captions"):
+        if getattr(spec, key) < 1:
+            raise ValueError(f"{where}: {key} must be >= 1, got {getattr(spec, key)}")
+    if spec.max_images is not None and spec.max_images < 1:
+        raise ValueError(f"{where}: max_images must be >= 1 or null, got {spec.max_images}")
 
 
 # ---------------------------------------------------------------------------------------------- class names
@@ -298,29 +305,25 @@ def _check_root(spec: DatasetSpec) -> None:
 
 
 def _prepare_source(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
-    from lightning_sarclip.data.detection import detection_pairs
+    from lightning_sarclip.data.listing import SourceListing
     from lightning_sarclip.data.source_dataset import SourceDataset
-    from lightning_sarclip.data.sources import get_source
 
-    source_cls = get_source(spec.source)
-    reader = source_cls(spec.root, spec.split, **spec.source_options)
-    records = list(reader.records())
-    if source_cls.task == "detection":
-        records = list(detection_pairs(records, spec.detection))
+    listing = SourceListing(spec.source, spec.root, spec.split, options=spec.source_options, policy=spec.policy,
+                            detection=spec.detection)
+    records = list(listing.records())
     records = [records[i] for i in _subset(len(records), spec.max_images, spec.seed)]
     if not records:
         raise ValueError(f"dataset {spec.name!r}: source {spec.source!r} at {spec.root} has no images in split "
                          f"{spec.split!r}")
-    reader_names = list(getattr(reader, "classnames", None) or [])
-    dataset = SourceDataset(spec.source, spec.root, spec.split, image_size=image_size, in_chans=in_chans,
-                            n_captions=spec.n_captions, seed=spec.seed, policy=spec.policy,
-                            classnames=reader_names or None, records=records)
+    dataset = SourceDataset.from_listing(listing, records, spec.split, image_size=image_size, in_chans=in_chans,
+                                         captioner=listing.captioner(n_captions=spec.n_captions, seed=spec.seed),
+                                         n_captions=spec.n_captions, classnames=listing.classnames or None)
     labels = [r.label if len(r.labels) == 1 or spec.multi_label == "skip" else (r.labels[0] if r.labels else None)
               for r in records]
     captions = None
     if spec.task != "zeroshot":
         captions = [_unique(dataset.captioner.captions(r)) for r in records]
-    return _finish(spec, dataset, captions, labels, reader_names)
+    return _finish(spec, dataset, captions, labels, listing.classnames)
 
 
 def _prepare_corpus(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
@@ -402,17 +405,19 @@ def _images_only(batch: list[dict[str, Any]]) -> torch.Tensor:
     return torch.stack([item["image"] for item in batch])
 
 
-def embed_images(loaded: Any, images: Dataset, batch_size: int, num_workers: int = 0) -> torch.Tensor:
-    """``(N, D)`` L2-normalised image embeddings on the CPU, in dataset order."""
+def embed_images(model: Any, images: Dataset, batch_size: int, num_workers: int = 0) -> torch.Tensor:
+    """``(N, D)`` L2-normalised image embeddings on the CPU, in dataset order (``model.encode_image``)."""
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=_images_only)
-    return torch.cat([loaded.encode_image(batch).float().cpu() for batch in loader])
+    with torch.no_grad():
+        return torch.cat([model.encode_image(batch.to(model.device)).float().cpu() for batch in loader])
 
 
-def embed_texts(loaded: Any, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    """``(M, D)`` L2-normalised text embeddings on the CPU."""
-    out = [loaded.encode_text(loaded.tokenizer(list(texts[i:i + batch_size]))).float().cpu()
-           for i in range(0, len(texts), batch_size)]
+def embed_texts(model: Any, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """``(M, D)`` L2-normalised text embeddings on the CPU (``model.tokenizer`` and ``model.encode_text``)."""
+    with torch.no_grad():
+        out = [model.encode_text(model.tokenizer(list(texts[i:i + batch_size])).to(model.device)).float().cpu()
+               for i in range(0, len(texts), batch_size)]
     return torch.cat(out)
 
 
@@ -431,29 +436,30 @@ def default_model_name(spec: ModelSpec, loaded_name: str) -> str:
     return f"{loaded_name} ({spec.pretrained})"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^0-9A-Za-z._-]+", "_", text).strip("_") or "model"
 
 
-def evaluate_dataset(loaded: Any, prepared: PreparedDataset, ks: Sequence[int], num_workers: int = 0
-                     ) -> dict[str, Any]:
-    """Embed one dataset and compute its metrics: ``{"zeroshot": {...}, "retrieval": {...}, "confusion": ...}``."""
+def evaluate_dataset(model: Any, prepared: PreparedDataset, ks: Sequence[int], num_workers: int = 0,
+                     image_features: torch.Tensor | None = None) -> dict[str, Any]:
+    """Embed one dataset and compute its metrics: ``{"zeroshot": {...}, "retrieval": {...}, "confusion": ...}``.
+
+    The one evaluation path: ``evaluate`` calls it with a loaded checkpoint, the fit-time
+    :class:`~lightning_sarclip.training.callbacks.EvalSuiteCallback` with the module being trained (and the image
+    features its ranks embedded and gathered, in dataset order). ``model`` needs ``encode_image`` and
+    ``encode_text`` (L2-normalised features), ``tokenizer`` and ``device``.
+    """
     spec = prepared.spec
-    image_features = embed_images(loaded, prepared.images, spec.batch_size, num_workers)
+    if image_features is None:
+        image_features = embed_images(model, prepared.images, spec.batch_size, num_workers)
+    image_features = image_features.float().cpu()
     out: dict[str, Any] = {"num_images": int(image_features.shape[0])}
     if prepared.classes is not None:
         targets = prepared.targets
         scored = targets >= 0
-        classifier = build_zeroshot_classifier(loaded.encode_text, loaded.tokenizer, prepared.classes.prompts,
+        classifier = build_zeroshot_classifier(model.encode_text, model.tokenizer, prepared.classes.prompts,
                                                prepared.templates, batch_size=max(spec.batch_size, 64),
-                                               device=loaded.device).cpu()
+                                               device=model.device).cpu()
         logits = zeroshot_logits(image_features[scored], classifier)
         out["_scored"] = (image_features[scored], targets[scored])
         out["zeroshot"] = classification_metrics(logits, targets[scored], topk=(1, 3, 5))
@@ -463,7 +469,7 @@ def evaluate_dataset(loaded: Any, prepared: PreparedDataset, ks: Sequence[int], 
         texts = [t for caps in prepared.captions for t in caps]
         text_to_image = torch.arange(len(prepared.captions)).repeat_interleave(
             torch.tensor([len(c) for c in prepared.captions]))
-        text_features = embed_texts(loaded, texts, spec.batch_size)
+        text_features = embed_texts(model, texts, spec.batch_size)
         out["retrieval"] = recall_at_k(image_features, text_features, text_to_image, ks=tuple(ks))
         out["num_captions"] = len(texts)
         out["_retrieval"] = (image_features, text_features, texts, text_to_image)
@@ -508,11 +514,11 @@ def write_side_files(output_dir: Path, model_label: str, prepared: PreparedDatas
     if prepared.classes is None:
         return
     name = _slug(prepared.spec.name)
-    _write_json(output_dir / "classnames" / f"{name}.json",
+    atomic_write_json(output_dir / "classnames" / f"{name}.json",
                 {"dataset": prepared.spec.name, "classnames": prepared.classes.names,
                  "prompt_names": prepared.classes.prompts, "source": prepared.classes.origin})
-    _write_json(output_dir / "templates" / f"{name}.json", {"templates": prepared.templates})
-    _write_json(output_dir / "confusion" / _slug(model_label) / f"{name}.json",
+    atomic_write_json(output_dir / "templates" / f"{name}.json", {"templates": prepared.templates})
+    atomic_write_json(output_dir / "confusion" / _slug(model_label) / f"{name}.json",
                 {"model": model_label, "dataset": prepared.spec.name, "split": prepared.spec.split,
                  "classnames": prepared.classes.names, "rows": "true class", "columns": "predicted class",
                  "matrix": metrics["confusion"]})

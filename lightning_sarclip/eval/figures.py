@@ -4,8 +4,9 @@ Why arrays: the same picture goes to a PNG next to ``results.jsonl`` (for the re
 training (:func:`log_figure`), so each function renders once with matplotlib's Agg canvas and returns an
 ``(H, W, 3)`` uint8 array, ``H = round(figsize[1] * dpi)``, ``W = round(figsize[0] * dpi)``. Figures are built
 with ``matplotlib.figure.Figure`` directly (no ``pyplot``): no global state, no GUI backend, safe in workers.
-When ``path`` is given the array is written as a PNG atomically (temporary file in the same folder, then
-``os.replace``), so a concurrently running report never reads a half-written image.
+When ``path`` is given the array is written as a PNG atomically (:func:`lightning_sarclip.utils.atomic.atomic_open`:
+temporary file in the same folder, renamed into place), so a concurrently running report never reads a
+half-written image.
 
 SAR images are shown as in the rest of the package: ``(C, H, W)`` float in ``[0, 1]`` (``(H, W)``, ``(H, W, C)``
 and uint8 are accepted too); one channel is grey, two channels (VV, VH) become the false colour
@@ -15,7 +16,6 @@ and uint8 are accepted too); one channel is grey, two channels (VV, VH) become t
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
+
+from lightning_sarclip.utils.atomic import atomic_open
 
 __all__ = [
     "confusion_matrix_figure",
@@ -66,18 +68,11 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: PathLike) -> Path:
-    """Write an ``(H, W, 3)`` uint8 image as PNG atomically (temporary file + ``os.replace``)."""
+    """Write an ``(H, W, 3)`` uint8 image as PNG atomically (:func:`~lightning_sarclip.utils.atomic.atomic_open`)."""
     image = _check_image(image)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(image, mode="RGB").save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(image, mode="RGB").save(handle, format="PNG")
     return path
 
 

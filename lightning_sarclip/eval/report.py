@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_sarclip.utils.atomic import atomic_open, atomic_write_text
+
 PUBLISHED_PATH = Path(__file__).with_name("published.json")
 DASH = "–"
 ROW_KEY = ("model", "checkpoint_hash", "dataset", "split", "task", "metric")
@@ -233,7 +235,7 @@ def _metric_order(metric: str) -> tuple:
 
 # ---------------------------------------------------------------------------------------------- output
 def _write_csv(path: Path, tables: Sequence[Table], with_title: bool) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         for i, table in enumerate(tables):
             if i == 0:
@@ -246,7 +248,8 @@ def _write_csv(path: Path, tables: Sequence[Table], with_title: bool) -> None:
 
 def write_report(rows: Sequence[dict[str, Any]], out: str | os.PathLike, zeroshot_metric: str = "top1",
                  published_path: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Write ``retrieval.{md,csv}``, ``zeroshot.{md,csv}`` (when there are such rows) and ``report.md``."""
+    """Write ``retrieval.{md,csv}``, ``zeroshot.{md,csv}`` (when there are such rows) and ``report.md``, each
+    file atomically (:mod:`lightning_sarclip.utils.atomic`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = latest_rows(rows)
@@ -256,7 +259,7 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | os.PathLike, zerosho
     retrieval = retrieval_tables(rows, published, aliases)
     if retrieval:
         text = "## Image-text retrieval (%)\n\n" + "\n".join(t.markdown() for t in retrieval)
-        (out / "retrieval.md").write_text(text, encoding="utf-8")
+        atomic_write_text(out / "retrieval.md", text)
         # Tables may differ in K; the CSV takes the first table's columns, so write one CSV per column set.
         if len({tuple(t.header) for t in retrieval}) == 1:
             _write_csv(out / "retrieval.csv", retrieval, with_title=True)
@@ -268,7 +271,7 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | os.PathLike, zerosho
     zeroshot = zeroshot_table(rows, published, aliases, zeroshot_metric)
     if zeroshot is not None:
         text = "## Zero-shot classification\n\n" + zeroshot.markdown()
-        (out / "zeroshot.md").write_text(text, encoding="utf-8")
+        atomic_write_text(out / "zeroshot.md", text)
         _write_csv(out / "zeroshot.csv", [zeroshot], with_title=False)
         written["zeroshot"] = out / "zeroshot.md"
         sections.append(text)
@@ -276,10 +279,10 @@ def write_report(rows: Sequence[dict[str, Any]], out: str | os.PathLike, zerosho
     for table in task_tables(rows, others):
         name = re.sub(r"[^0-9A-Za-z]+", "_", table.title.split(" (")[0].lower()).strip("_")
         text = table.markdown()
-        (out / f"{name}.md").write_text(text, encoding="utf-8")
+        atomic_write_text(out / f"{name}.md", text)
         _write_csv(out / f"{name}.csv", [table], with_title=False)
         written[name] = out / f"{name}.md"
         sections.append(text)
-    (out / "report.md").write_text("# Evaluation report\n\n" + "\n".join(sections), encoding="utf-8")
+    atomic_write_text(out / "report.md", "# Evaluation report\n\n" + "\n".join(sections))
     written["report"] = out / "report.md"
     return written

@@ -1,4 +1,7 @@
-"""``results.jsonl``: one JSON object per (model, dataset, split, task, metric), appended, never rewritten.
+"""``results.jsonl``: one JSON object per (model, dataset, split, task, metric), appended; rows are never changed.
+
+Each append is atomic (:func:`lightning_sarclip.utils.atomic.atomic_append`): readers see all of an evaluation's
+rows or none, never a torn last line, and concurrent evaluations serialise on a lock file.
 
 Tables and figures are derived from these rows (``python -m lightning_sarclip report``), never typed by hand, so
 each row carries what is needed to reproduce it: the model and checkpoint (path and hash), the dataset and
@@ -13,14 +16,14 @@ sample counts ...), ``time`` (ISO 8601, UTC).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
+
+from lightning_sarclip.utils.atomic import atomic_append
 
 ROW_KEYS = ("model", "checkpoint", "checkpoint_hash", "dataset", "split", "task", "metric", "value", "templates",
             "classnames", "config", "extra", "time")
@@ -49,18 +52,10 @@ def make_row(**fields: Any) -> dict[str, Any]:
 
 
 def append_results(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Append rows (one JSON line each) under an exclusive lock, so concurrent evaluations never interleave."""
+    """Append rows (one JSON line each) as one atomic write, so concurrent evaluations never interleave and a
+    killed one leaves no partial row."""
     lines = [json.dumps(make_row(**row), sort_keys=True, default=str) + "\n" for row in rows]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            handle.write("".join(lines))
-            handle.flush()
-            os.fsync(handle.fileno())
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    atomic_append(path, "".join(lines).encode("utf-8"))
     return len(lines)
 
 

@@ -20,6 +20,7 @@ a table.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,14 +29,20 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DistributedSampler, Subset
 
-from lightning_sarclip.data.source_dataset import SourceDataset
 from lightning_sarclip.data.templates import get_templates
+from lightning_sarclip.eval.evaluate import (
+    DatasetSpec,
+    PreparedDataset,
+    check_dataset_spec,
+    embed_images,
+    evaluate_dataset,
+    prepare_dataset,
+)
 from lightning_sarclip.eval.metrics import RetrievalRecall, ZeroShotAccuracy
 from lightning_sarclip.eval.retrieval import chance_recall_at_k
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
-from lightning_sarclip.training.datamodules import CaptionCollate
 
 log = logging.getLogger(__name__)
 
@@ -262,38 +269,29 @@ class RetrievalZeroShotCallback(pl.Callback):
 
 
 # ---------------------------------------------------------------------------------------------- eval suite
-_TASKS = {"zeroshot": (True, False), "retrieval": (False, True), "both": (True, True)}
-_DATASET_KEYS = {"name", "source", "root", "split", "task", "templates", "source_options", "n_captions",
-                 "max_images", "policy"}
+#: Spec fields that belong to the ``evaluate`` command only.
+_NOT_AT_FIT_TIME = frozenset({"probes", "probe_train_split", "kshot_shots"})
 
 
-def _check_dataset_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Validate one dataset entry at construction, so a typo fails before training, not after an epoch."""
-    if not isinstance(spec, dict):
-        raise TypeError(f"every dataset must be a dict, got {type(spec).__name__}")
-    missing = {"name", "source", "root"} - spec.keys()
+def _dataset_spec(entry: dict[str, Any], templates: list[str]) -> DatasetSpec:
+    """One ``datasets`` entry as ``evaluate``'s :class:`DatasetSpec` (validated now: a typo fails before training)."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"every dataset must be a dict, got {type(entry).__name__}")
+    missing = {"name", "source", "root"} - entry.keys()
     if missing:
-        raise ValueError(f"dataset {spec.get('name', spec)!r} misses keys {sorted(missing)}")
-    unknown = spec.keys() - _DATASET_KEYS
+        raise ValueError(f"dataset {entry.get('name', entry)!r} misses keys {sorted(missing)}")
+    known = {f.name for f in dataclasses.fields(DatasetSpec)} - _NOT_AT_FIT_TIME
+    unknown = entry.keys() - known
     if unknown:
-        raise ValueError(f"dataset {spec['name']!r} has unknown keys {sorted(unknown)}; known: {sorted(_DATASET_KEYS)}")
-    out = {"split": "test", "task": "both", "templates": None, "source_options": None, "n_captions": 5,
-           "max_images": None, "policy": None, **spec}
-    if out["task"] not in _TASKS:
-        raise ValueError(f"dataset {out['name']!r}: task must be one of {sorted(_TASKS)}, got {out['task']!r}")
-    if out["max_images"] is not None and int(out["max_images"]) < 1:
-        raise ValueError(f"dataset {out['name']!r}: max_images must be >= 1, got {out['max_images']}")
-    if out["templates"] is not None:
-        out["templates"] = get_templates(out["templates"])
-    return out
-
-
-def _even_subset(dataset: Dataset, limit: int | None) -> Dataset:
-    """At most ``limit`` items spread evenly over the dataset (class-sorted layouts keep every class)."""
-    size = len(dataset)
-    if limit is None or limit >= size:
-        return dataset
-    return Subset(dataset, [i * size // limit for i in range(limit)])
+        raise ValueError(f"dataset {entry['name']!r} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    values = {"task": "both", **entry}
+    if values.get("templates") is None:
+        values["templates"] = templates
+    values["source_options"] = dict(values.get("source_options") or {})
+    spec = DatasetSpec(**values)
+    check_dataset_spec(spec)
+    get_templates(spec.templates)
+    return spec
 
 
 def _model_image_size(pl_module: pl.LightningModule) -> int:
@@ -307,21 +305,42 @@ def _model_image_size(pl_module: pl.LightningModule) -> int:
     return int(size)
 
 
+class _ModuleEncoder:
+    """The module being trained, seen through the interface :func:`evaluate_dataset` uses."""
+
+    def __init__(self, pl_module: pl.LightningModule) -> None:
+        self.module = pl_module
+        self.tokenizer = pl_module.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.device
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.module.encode_image(image.to(self.device))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.module.encode_text(tokens.to(self.device))
+
+
 class EvalSuiteCallback(pl.Callback):
     """Zero-shot and retrieval metrics on extra datasets, evaluated during ``fit`` at the end of validation.
 
-    Each rank encodes its ``DistributedSampler`` shard of every dataset; the metrics gather and de-duplicate,
-    so the logged ``val/<name>/<metric>`` values equal a single-process evaluation. Datasets are read once
-    (on first use) at the module's ``image_size``/``in_chans`` and tokenised with ``pl_module.tokenizer``.
+    The same path as the ``evaluate`` command: each entry is an ``evaluate`` dataset spec
+    (:class:`~lightning_sarclip.eval.evaluate.DatasetSpec`: same subset rule, class names and captions), prepared
+    once by :func:`~lightning_sarclip.eval.evaluate.prepare_dataset` at the module's ``image_size``/``in_chans``,
+    and scored by :func:`~lightning_sarclip.eval.evaluate.evaluate_dataset`. So ``val/<name>/<metric>`` equals
+    what ``evaluate`` reports for the same checkpoint. Under DDP each rank embeds its share of the images and the
+    features are gathered before scoring.
 
     Args:
-        datasets: one dict per dataset: ``name`` (used in the metric keys), ``source`` (registered source),
-            ``root``, ``split`` (default ``test``), ``task`` (``zeroshot``, ``retrieval`` or ``both``, default),
-            optional ``templates`` (overrides the callback's), ``source_options`` (source constructor
-            arguments), ``policy`` (conversion policy), ``n_captions`` (default 5) and ``max_images`` (an evenly
-            spaced subset, to bound the cost per epoch).
+        datasets: one dict per dataset with the fields of ``evaluate``'s dataset spec (``name``, ``source``,
+            ``root``; optional ``split`` (default ``test``), ``task`` (``zeroshot``, ``retrieval`` or ``both``,
+            the default here), ``templates`` (default: the callback's), ``classnames``, ``source_options``,
+            ``policy``, ``detection``, ``n_captions``, ``max_images`` (a seeded random subset) ...). Probes are
+            not run at fit time.
         every_n_epochs: evaluate after every N-th training epoch.
-        batch_size, num_workers: of the evaluation loaders.
+        batch_size, num_workers: of the evaluation loaders (``batch_size`` is the default of every dataset).
         templates: default zero-shot template set (name, JSON file or list).
         ks: the K of recall@K.
         print_table: print the last metrics at the end of ``fit``.
@@ -337,67 +356,57 @@ class EvalSuiteCallback(pl.Callback):
         ks: Sequence[int] = (1, 5, 10),
         print_table: bool = True,
     ) -> None:
-        specs = [_check_dataset_spec(dict(d)) for d in datasets]
-        names = [s["name"] for s in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"dataset names must be unique, got {names}")
         if every_n_epochs < 1 or batch_size < 1 or num_workers < 0:
             raise ValueError("every_n_epochs and batch_size must be >= 1 and num_workers >= 0")
+        self.templates = get_templates(templates)
+        specs = [_dataset_spec({"batch_size": batch_size, **dict(d)}, self.templates) for d in datasets]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
         self.datasets = specs
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.templates = get_templates(templates)
         self.ks = tuple(ks)
         self.print_table = print_table
-        self._built: dict[str, Dataset] = {}
+        self._prepared: dict[str, PreparedDataset] = {}
         self.last_metrics: dict[str, float] = {}
 
-    def _dataset(self, spec: dict[str, Any], pl_module: pl.LightningModule) -> Dataset:
-        if spec["name"] not in self._built:
-            dataset = SourceDataset(
-                spec["source"], spec["root"], split=spec["split"], image_size=_model_image_size(pl_module),
-                in_chans=int(getattr(pl_module.hparams, "in_chans", 1)), n_captions=int(spec["n_captions"]),
-                policy=spec["policy"], source_options=spec["source_options"],
-            )
-            self._built[spec["name"]] = dataset
-        return self._built[spec["name"]]
+    def prepared(self, spec: DatasetSpec, pl_module: pl.LightningModule) -> PreparedDataset:
+        """The dataset listed, subset and named once (on first use)."""
+        if spec.name not in self._prepared:
+            self._prepared[spec.name] = prepare_dataset(spec, _model_image_size(pl_module),
+                                                        int(getattr(pl_module.hparams, "in_chans", 1)))
+        return self._prepared[spec.name]
 
-    def _loader(self, dataset: Dataset, trainer: pl.Trainer, pl_module: pl.LightningModule) -> DataLoader:
-        sampler = None
-        if trainer.world_size > 1:
-            # Padded to equal shards; the metrics drop the repeated samples again by index.
-            sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                         shuffle=False)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=CaptionCollate(pl_module.tokenizer, all_captions=True))
+    def _image_features(self, trainer: pl.Trainer, encoder: _ModuleEncoder, prepared: PreparedDataset
+                        ) -> torch.Tensor:
+        """All image features in dataset order; under DDP every rank embeds a share and all gather."""
+        images = prepared.images
+        if trainer.world_size == 1:
+            return embed_images(encoder, images, prepared.spec.batch_size, self.num_workers)
+        # Padded to equal shares (all_gather needs equal shapes); the padding repeats indices, written twice.
+        share = list(DistributedSampler(images, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                        shuffle=False))
+        features = embed_images(encoder, Subset(images, share), prepared.spec.batch_size, self.num_workers)
+        module = encoder.module
+        gathered = module.all_gather(features.to(module.device)).flatten(0, 1).cpu()
+        indices = module.all_gather(torch.tensor(share, device=module.device)).flatten().cpu()
+        out = torch.empty(len(images), gathered.shape[-1], dtype=gathered.dtype)
+        out[indices] = gathered
+        return out
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, spec: dict[str, Any]) -> dict[str, float]:
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, spec: DatasetSpec) -> dict[str, float]:
         """Metrics of one dataset (keys ``val/<name>/<metric>``); a collective call under DDP."""
-        source_dataset = self._dataset(spec, pl_module)
-        zeroshot, retrieval = _TASKS[spec["task"]]
-        classifier = None
-        if zeroshot and source_dataset.classnames:
-            classifier = build_zeroshot_classifier(
-                pl_module.encode_text, pl_module.tokenizer, source_dataset.classnames,
-                spec["templates"] or self.templates, device=pl_module.device,
-            )
-        elif zeroshot:
-            log.warning("EvalSuiteCallback: %s has no class names; zero-shot skipped", spec["name"])
-        metrics = FeatureMetrics(pl_module.device, self.ks, classifier, retrieval=retrieval)
-        dataset = _even_subset(source_dataset, spec["max_images"])
+        prepared = self.prepared(spec, pl_module)
+        encoder = _ModuleEncoder(pl_module)
         with trainer.precision_plugin.forward_context():
-            for batch in self._loader(dataset, trainer, pl_module):
-                image = pl_module.encode_image(batch["image"].to(pl_module.device))
-                text = None
-                if retrieval:
-                    tokens = batch["text"].to(pl_module.device)
-                    text = pl_module.encode_text(tokens.flatten(0, 1)).view(tokens.shape[0], tokens.shape[1], -1)
-                metrics.update(image, text, batch["index"].to(pl_module.device), batch["label"])
-        prefix = f"val/{spec['name']}"
-        result = metrics.compute(prefix)
-        # Chance levels belong to the table, not to every logged curve of every dataset.
-        return {k: v for k, v in result.items() if not k.endswith("_chance")}
+            features = self._image_features(trainer, encoder, prepared)
+            metrics = evaluate_dataset(encoder, prepared, self.ks, self.num_workers, image_features=features)
+        prefix = f"val/{spec.name}"
+        out = {f"{prefix}/zeroshot_{k}": float(v) for k, v in metrics.get("zeroshot", {}).items()}
+        out.update({f"{prefix}/{k}": float(v) for k, v in metrics.get("retrieval", {}).items()})
+        return out
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":

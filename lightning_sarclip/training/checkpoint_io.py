@@ -1,9 +1,10 @@
 """Checkpoints that survive preemption: atomic writes, and a ``last.ckpt`` that is always the newest state.
 
-* :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file *in the destination folder*, flushes it to
-  disk (``fsync``), renames it over the destination (``os.replace``, atomic on POSIX and Windows) and syncs the
-  folder. A ``kill -9`` or a node failure at any moment leaves either the previous complete file or the new
-  complete file, never a truncated one. Lightning's own ``TorchCheckpointIO`` writes through an fsspec
+* :class:`AtomicCheckpointIO` writes local checkpoints with :func:`lightning_sarclip.utils.atomic.atomic_torch_save`
+  (re-exported here): a temporary file *in the destination folder*, ``fsync``-ed, renamed over the destination
+  and the folder synced; see :mod:`lightning_sarclip.utils.atomic` for the details (permissions, leftovers of
+  killed writers). A ``kill -9`` or a node failure at any moment leaves either the previous complete file or the
+  new complete file, never a truncated one. Lightning's own ``TorchCheckpointIO`` writes through an fsspec
   transaction whose temporary file lives in the system temp folder: the final move is a copy (not atomic) when
   that folder is on another filesystem, and nothing is synced. Remote (non-local) paths keep Lightning's behaviour.
 * :class:`RunCheckpoint` is ``ModelCheckpoint`` plus two ``last.ckpt`` writes that ``ModelCheckpoint(save_top_k=0,
@@ -17,72 +18,17 @@ config names a checkpoint plugin of its own).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-TMP_SUFFIX = ".tmp"
-STALE_AFTER_S = 600  # a temporary checkpoint untouched for this long belongs to a dead writer
+from lightning_sarclip.utils.atomic import atomic_torch_save
 
-
-def _temp_prefix(path: Path) -> str:
-    # Hidden and with a suffix of its own: never matched by ``last*.ckpt`` / ``*.ckpt`` globs.
-    return f".{path.name}."
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` so that ``path`` is always either the old or the new complete file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 would make checkpoints private to their writer
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-    # Leftovers of writes killed before their rename; recent ones are left alone in case another process is
-    # writing the same file right now.
-    for stale in path.parent.glob(f"{_temp_prefix(path)}*{TMP_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - stale.stat().st_mtime > STALE_AFTER_S:
-                stale.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+__all__ = ["AtomicCheckpointIO", "RunCheckpoint", "atomic_torch_save", "with_atomic_checkpoint_io"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

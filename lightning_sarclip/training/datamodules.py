@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_sarclip.data.corpus_dataset import CorpusDataset, EmptySplitError
+from lightning_sarclip.data.listing import DETECTION_MODES, SourceListing
 from lightning_sarclip.data.samplers import (
     ResumableDataLoader,
     SeededDataset,
@@ -33,6 +34,8 @@ from lightning_sarclip.data.samplers import (
     WeightedEpochSampler,
     sample_rng,
 )
+from lightning_sarclip.data.source_dataset import SourceDataset
+from lightning_sarclip.data.sources import get_source
 from lightning_sarclip.data.synthetic import SyntheticSARDataset
 
 log = logging.getLogger("lightning_sarclip")
@@ -310,6 +313,8 @@ class SourceDataModule(SARDataModule):
         caption_styles: caption styles of :class:`~lightning_sarclip.data.captions.Captioner`.
         policy: conversion policy spec overriding the source's default (``"db_window"``, ``{"name": ...}``).
         source_options: extra keyword arguments of the source's constructor (e.g. ``{"image_column": "path"}``).
+        detection: detection sources (HRSID, SARDet-100K ...) as ``whole`` images captioned with their objects'
+            counts and positions, one labelled ``chips`` record per box, or ``both``.
         Other arguments: see :class:`SARDataModule`.
     """
 
@@ -322,6 +327,7 @@ class SourceDataModule(SARDataModule):
         caption_styles: tuple[str, ...] = ("general", "complex", "absolute", "relative"),
         policy: str | dict | None = None,
         source_options: dict[str, Any] | None = None,
+        detection: str = "whole",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -330,14 +336,10 @@ class SourceDataModule(SARDataModule):
         tokenizer: str | None = None,
         pin_memory: bool = False,
     ) -> None:
-        from lightning_sarclip.data.captions import Captioner
-        from lightning_sarclip.data.source_dataset import SourceDataset
-        from lightning_sarclip.data.sources.base import get_source
-
         super().__init__(
             dataset_class=SourceDataset,
             dataset_kwargs={"source": source, "root": str(root), "n_captions": n_captions, "seed": seed,
-                            "policy": policy, "source_options": dict(source_options or {})},
+                            "policy": policy, "source_options": dict(source_options or {}), "detection": detection},
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
@@ -346,24 +348,34 @@ class SourceDataModule(SARDataModule):
             tokenizer=tokenizer,
             pin_memory=pin_memory,
         )
+        if detection not in DETECTION_MODES:
+            raise ValueError(f"detection must be one of {DETECTION_MODES}, got {detection!r}")
         self.source_cls = get_source(source)  # unknown names fail at construction, before any training
-        self.captioner = Captioner(styles=tuple(caption_styles), n_captions=n_captions, seed=seed)
+        self.caption_styles = tuple(caption_styles)
+        self._listing: SourceListing | None = None
         self._records: dict[str, list] | None = None
         self._classnames: list[str] | None = None
+
+    @property
+    def listing(self) -> SourceListing:
+        """The source listed once (all splits): reader instance, policy, class names, caption vocabulary."""
+        if self._listing is None:
+            kwargs = self.dataset_kwargs
+            self._listing = SourceListing(kwargs["source"], kwargs["root"], "all", options=kwargs["source_options"],
+                                          policy=kwargs["policy"], detection=kwargs["detection"])
+        return self._listing
 
     def _list_records(self) -> dict[str, list]:
         """All records of the source by split, read once; also fixes the shared class list."""
         if self._records is None:
-            reader = self.source_cls(self.dataset_kwargs["root"], "all", **self.dataset_kwargs["source_options"])
             by_split: dict[str, list] = {}
-            for record in reader.records():
+            for record in self.listing.records():
                 by_split.setdefault(record.split, []).append(record)
             if not by_split:
                 raise ValueError(f"source {self.source_cls.name!r} at {self.dataset_kwargs['root']} has no records")
             self._records = by_split
-            known = list(getattr(reader, "classnames", None) or [])
             labels = {label for records in by_split.values() for r in records for label in r.labels}
-            self._classnames = known or sorted(labels)
+            self._classnames = self.listing.classnames or sorted(labels)
         return self._records
 
     def source_split(self, split: str) -> str:
@@ -388,9 +400,11 @@ class SourceDataModule(SARDataModule):
 
     def build_dataset(self, split: str) -> Dataset:
         records = self._list_records()[self.source_split(split)]
-        return self.dataset_class(split=split, image_size=self.image_size, in_chans=self.in_chans,
-                                  captioner=self.captioner, classnames=self._classnames, records=records,
-                                  **self.dataset_kwargs_for(split))
+        captioner = self.listing.captioner(self.caption_styles, self.dataset_kwargs["n_captions"],
+                                           self.dataset_kwargs["seed"])
+        return SourceDataset.from_listing(self.listing, records, split, image_size=self.image_size,
+                                          in_chans=self.in_chans, captioner=captioner,
+                                          n_captions=self.dataset_kwargs["n_captions"], classnames=self._classnames)
 
 
 class CorpusDataModule(SARDataModule):

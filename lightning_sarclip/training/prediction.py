@@ -28,12 +28,10 @@ the same conversion the model was trained with when that is known.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,28 +50,11 @@ from lightning_sarclip.data.transforms import (
     to_model_channels,
 )
 from lightning_sarclip.training.datamodules import SARDataModule
+from lightning_sarclip.utils.atomic import atomic_open
 
 #: File suffixes listed by default (lower case; matching ignores case).
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
 _PHOENIX_TAG = b"[PhoenixHeaderVer"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one ``os.replace``.
-
-    Readers never see a half-written file, and a failed write leaves the previous file untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------- listing, reading
@@ -346,20 +327,19 @@ def merge_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_predictions_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], k: int) -> None:
-    """``path, top1, score1, ..., topk, scorek, error`` (atomically)."""
+    """``path, top1, score1, ..., topk, scorek, error`` (atomically, :mod:`lightning_sarclip.utils.atomic`)."""
     header = ["path"] + [f"{name}{i}" for i in range(1, k + 1) for name in ("top", "score")] + ["error"]
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            for row in rows:
-                cells: list[str] = [row["path"]]
-                for i in range(k):
-                    if i < len(row["labels"]):
-                        cells += [row["labels"][i], f"{row['scores'][i]:.6f}"]
-                    else:
-                        cells += ["", ""]
-                writer.writerow([*cells, row["error"]])
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in rows:
+            cells: list[str] = [row["path"]]
+            for i in range(k):
+                if i < len(row["labels"]):
+                    cells += [row["labels"][i], f"{row['scores'][i]:.6f}"]
+                else:
+                    cells += ["", ""]
+            writer.writerow([*cells, row["error"]])
 
 
 class ZeroShotPredictionWriter(BasePredictionWriter):

@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from lightning_sarclip.utils.atomic import atomic_write_json
 
 FINISHED_MARKER = "finished.json"
 _HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
@@ -53,26 +54,10 @@ def resume_checkpoint(run_dir: str | os.PathLike, checkpoint_dir: str | os.PathL
     return max(candidates, key=order)
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write JSON so that a reader (or a kill) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def mark_finished(run_dir: str | os.PathLike, **details: Any) -> Path:
     """Record that the run in ``run_dir`` reached its end (``details``: step counts etc.)."""
     path = Path(run_dir) / FINISHED_MARKER
-    write_json_atomic(path, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details})
+    atomic_write_json(path, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}, indent=2, sort_keys=True)
     return path
 
 

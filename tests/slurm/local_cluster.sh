@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start a one-node Slurm cluster on this machine (slurmctld + slurmd + munge), for the Slurm tests.
 #
-#   tests/slurm/local_cluster.sh start <state_dir>   install Debian's slurm-wlm + munge if missing, start, wait idle
+#   tests/slurm/local_cluster.sh start <state_dir>   start and wait idle; with SARCLIP_INSTALL_SLURM=1 it first
+#                                                    installs Debian's slurm-wlm + munge if they are missing
 #   tests/slurm/local_cluster.sh stop  <state_dir>   stop the daemons started from <state_dir>
 #
 # Everything the daemons write (config, state, spool, logs, pid files) lives in <state_dir>; clients find the
@@ -27,6 +28,10 @@ fi
 [[ $action == start ]] || { echo "unknown action $action (expected start or stop)" >&2; exit 2; }
 
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    if [[ ${SARCLIP_INSTALL_SLURM:-0} != 1 ]]; then
+        echo "slurm-wlm/munge are not installed; set SARCLIP_INSTALL_SLURM=1 to install them with apt-get" >&2
+        exit 3
+    fi
     if [[ $(id -u) != 0 ]]; then
         echo "slurm-wlm/munge are not installed and installing them needs root" >&2
         exit 3
