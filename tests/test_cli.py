@@ -116,3 +116,25 @@ def test_predict_returns_image_features(tmp_path):
                            "--trainer.fast_dev_run", "1"])
     predictions = cli.trainer.predict_loop.predictions
     assert predictions and predictions[0]["image_features"].shape == (4, 32)
+
+
+def test_help_lists_every_command_and_version_prints(capsys):
+    from lightning_sarclip import __version__
+    from lightning_sarclip.commands import COMMANDS
+
+    main(["--help"])
+    shown = capsys.readouterr().out
+    for name in ("fit", "validate", "test", "predict", "build-corpus", "evaluate", "report", "export", "embed",
+                 "curriculum", "sweep"):
+        assert name in COMMANDS and f"  {name} " in shown, name
+    main(["--version"])
+    assert capsys.readouterr().out.strip() == f"lightning_sarclip {__version__}"
+    with pytest.raises(SystemExit, match="unknown command 'fitt'"):
+        main(["fitt"])
+
+
+def test_report_help_does_not_load_lightning():
+    check = ("import sys\nfrom lightning_sarclip.commands import main\ntry:\n    main(['report', '--help'])\n"
+             "except SystemExit:\n    pass\nassert not any(m == 'lightning' or m.startswith('lightning.') for m in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -320,7 +320,7 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     out = Path(config.output)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     state = _load_state(out, config)
-    captioner_cache: dict[tuple[str, int], Captioner] = {}
+    captioner_cache: dict[tuple, Captioner] = {}
     suffix = "arrow" if config.format == "arrow" else "tar"
     skip = state.records_done
     rows: list[dict] = []
@@ -366,7 +366,9 @@ def _flush(out: Path, state: BuildState, rows: list[dict], suffix: str, fmt: str
 def _make_row(
     spec: CorpusSource, record: SARRecord, listing: SourceListing, config: CorpusConfig, captioners: dict
 ) -> dict:
-    key = (listing.source, spec.n_captions)
+    # Keyed by what the captioner depends on: two roots of one source may resolve different vocabularies.
+    vocabulary = listing.vocabulary
+    key = (listing.source, spec.n_captions, vocabulary.fields, tuple(sorted(vocabulary.nouns.items())))
     if key not in captioners:
         captioners[key] = listing.captioner(config.caption_styles, spec.n_captions, config.seed)
     pixels = store_pixels(record, listing.policy, config.max_side)
