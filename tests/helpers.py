@@ -1,6 +1,14 @@
-"""Small shared pieces for tests that drive a Trainer without the synthetic data generator."""
+"""Small shared pieces for tests that drive a Trainer: a random-pairs datamodule and callbacks.
+
+Callbacks that configs name by dotted path (``class_path: tests.helpers.X``, read by jsonargparse in the CLI, in a
+subprocess or in a Slurm job) live here, so that moving a test file never breaks such a path.
+"""
 
 from __future__ import annotations
+
+import os
+import signal
+import time
 
 import lightning.pytorch as pl
 import torch
@@ -54,9 +62,35 @@ class SlowSteps(pl.Callback):
         self.seconds = seconds
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        import time
-
         time.sleep(self.seconds)
+
+
+class SignalDuringStep(pl.Callback):
+    """Send ``signum`` to this process in the middle of the step after ``step`` (on rank ``rank`` only).
+
+    From ``on_before_optimizer_step``: after the backward pass, before the update (the preemption tests' moment).
+    """
+
+    def __init__(self, step: int, rank: int | None = None, name: str = "SIGUSR1") -> None:
+        self.step, self.rank, self.signum = step, rank, getattr(signal, name)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step != self.step or (self.rank is not None and trainer.global_rank != self.rank):
+            return
+        if signal.getsignal(self.signum) in (signal.SIG_DFL, signal.SIG_IGN, None):  # would kill pytest
+            raise RuntimeError(f"no handler for signal {self.signum} during fit")
+        os.kill(os.getpid(), self.signum)
+
+
+PAUSE_ENV = "SARCLIP_TEST_PAUSE_AT_STEP"
+
+
+class PauseAtStep(pl.Callback):
+    """In CLI runs started by a test: wait (to be killed) before the batch after step ``$SARCLIP_TEST_PAUSE_AT_STEP``."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if os.environ.get(PAUSE_ENV) and trainer.global_step == int(os.environ[PAUSE_ENV]):
+            time.sleep(600)
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO_ROOT
 
 PACKAGE = "lightning_sarclip"
 ROOT = REPO_ROOT / PACKAGE

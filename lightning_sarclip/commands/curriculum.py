@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_sarclip.utils.atomic import atomic_write_json
+from lightning_sarclip.utils.run_dir import RunDirectory
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -66,13 +67,13 @@ def stage_args(config: CurriculumConfig, index: int) -> list[str]:
     args += ["--name", f"{config.name}/{stage.name}", "--run_root", config.run_root]
     if index > 0 and stage.init_from_previous:
         args += ["--model.init_args.pretrained", str(final_checkpoint(config, index - 1))]
-    if (stage_dir(config, index) / "checkpoints" / "last.ckpt").exists():
+    if RunDirectory(stage_dir(config, index)).last_checkpoint.exists():
         args += ["--ckpt_path", "last"]
     return args
 
 
 def stage_dir(config: CurriculumConfig, index: int) -> Path:
-    return Path(config.run_root) / config.name / config.stages[index].name
+    return RunDirectory.of(f"{config.name}/{config.stages[index].name}", config.run_root).path
 
 
 def final_checkpoint(config: CurriculumConfig, index: int) -> Path:
@@ -108,7 +109,8 @@ def run(config: CurriculumConfig) -> list[Path]:
             log.warning("curriculum %s: stage %s stopped before its end; repeat the command to resume it",
                         config.name, stage.name)
             return finals
-        last = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt" if cli.trainer.checkpoint_callback else None
+        callback = cli.trainer.checkpoint_callback
+        last = Path(callback.dirpath) / RunDirectory.LAST if callback else None
         if last is None or not last.exists():
             raise RuntimeError(f"curriculum: stage {stage.name!r} wrote no last.ckpt (checkpointing disabled?)")
         if cli.trainer.is_global_zero:

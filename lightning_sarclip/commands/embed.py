@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_sarclip.eval.evaluate import embed_texts as embed_text_features
 from lightning_sarclip.training.prediction import (
     IMAGE_EXTENSIONS,
     ImageFolderDataset,
@@ -83,14 +84,10 @@ def read_texts(path: str | os.PathLike) -> list[str]:
 
 
 def embed_texts(loaded: Any, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
-    """``(N, D)`` float32 text embeddings (the model's own tokenizer and context length)."""
-    chunks = [
-        loaded.encode_text(loaded.tokenizer(list(texts[start:start + batch_size]))).float().cpu().numpy()
-        for start in range(0, len(texts), batch_size)
-    ]
-    if not chunks:
+    """``(N, D)`` float32 text embeddings (the model's own tokenizer and context length; ``evaluate``'s loop)."""
+    if not texts:
         raise ValueError("no texts to embed (the file has no non-blank line)")
-    return np.concatenate(chunks)
+    return embed_text_features(loaded, texts, batch_size).numpy()
 
 
 def write_embeddings(path: str | os.PathLike, key: str, values: Sequence[str], embeddings: np.ndarray,

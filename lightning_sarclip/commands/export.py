@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
+from lightning_sarclip.models.checkpoints import lightning_hyperparameters, read_checkpoint
 from lightning_sarclip.utils.atomic import staged_folder
+from lightning_sarclip.utils.run_dir import RunDirectory
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -46,9 +48,9 @@ class ExportError(ValueError):
 # ------------------------------------------------------------------------------------------------ checkpoint
 def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(hyper_parameters, open_clip state_dict)`` of one of our ``.ckpt`` files (weights-only unpickling)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    hparams = dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
-    if "model_name" not in hparams or "state_dict" not in checkpoint:
+    checkpoint = read_checkpoint(path)
+    hparams = lightning_hyperparameters(checkpoint) or {}
+    if "model_name" not in hparams or not isinstance(checkpoint.get("state_dict"), dict):
         raise ExportError(f"{path}: not a lightning_sarclip checkpoint (no model_name hyper-parameter / state_dict)")
     state = {k[len(_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_PREFIX)}
     if not state:
@@ -143,12 +145,13 @@ def verify_folder(folder: Path) -> None:
 # ------------------------------------------------------------------------------------------------ model card
 def run_directory(ckpt: Path) -> Path:
     """``runs/<name>`` for ``runs/<name>/checkpoints/x.ckpt``; the checkpoint's folder otherwise."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    run = RunDirectory.of_checkpoint(ckpt)
+    return run.path if run is not None else ckpt.parent
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     """The run's saved ``config.yaml`` (LightningCLI writes it there), or ``{}``."""
-    path = run_dir / "config.yaml"
+    path = RunDirectory(run_dir).config
     if not path.is_file():
         return {}
     import yaml

@@ -37,6 +37,7 @@ from lightning_sarclip.training.preemption import (
     with_slurm_requeue_disabled,
 )
 from lightning_sarclip.training.runs import mark_finished, resume_checkpoint
+from lightning_sarclip.utils.run_dir import RunDirectory
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -74,16 +75,16 @@ class SARCLIPCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         name = config.get("name") or _name_from_configs(config.get("config")) or "default"
         config["name"] = name
-        run_dir = Path(config.get("run_root") or "runs") / name
+        run = RunDirectory.of(name, config.get("run_root") or "runs")
         trainer = config["trainer"]
         if not trainer.get("default_root_dir"):
-            trainer["default_root_dir"] = str(run_dir)
+            trainer["default_root_dir"] = str(run.path)
         if config["checkpoint"].get("dirpath") is None:
-            config["checkpoint"]["dirpath"] = str(run_dir / "checkpoints")
+            config["checkpoint"]["dirpath"] = str(run.checkpoints)
         if trainer.get("logger") in (None, True):
             trainer["logger"] = {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+                "init_args": {"save_dir": str(run.path), "name": "", "version": ""},
             }
         # Atomic checkpoint writes (a kill during a save cannot truncate last.ckpt), unless the config sets its own.
         trainer["plugins"] = with_atomic_checkpoint_io(trainer.get("plugins"), trainer.get("strategy"),

@@ -39,6 +39,7 @@ from lightning_sarclip.utils.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
+from lightning_sarclip.utils.run_dir import RunDirectory
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
 
@@ -202,7 +203,7 @@ def nested(overrides: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- writing
 def sweep_dir(config: SweepConfig) -> Path:
-    return Path(config.run_root) / config.name / "sweep"
+    return RunDirectory.of(config.name, config.run_root).path / "sweep"
 
 
 def _device_overrides(slurm: SlurmSettings) -> dict[str, Any]:
@@ -259,7 +260,7 @@ def write_sweep(config: SweepConfig) -> list[Run]:
         path = out / "configs" / f"{name}.yaml"
         atomic_write_text(path, f"# sweep {config.name}, run {name}: stacked after {out / 'base'}/*\n"
                            + yaml.safe_dump(content, sort_keys=False))
-        run_dir = Path(config.run_root) / config.name / name
+        run_dir = RunDirectory.of(f"{config.name}/{name}", config.run_root).path
         runs.append(Run(name, overrides, path, run_dir, finished(run_dir) is not None))
     current = {r.config_path.name for r in runs}
     for stale in (out / "configs").glob("*.yaml"):  # runs of an earlier version of the grid

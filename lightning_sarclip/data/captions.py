@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from lightning_sarclip.data.records import SARRecord
+from lightning_sarclip.data.records import GRID_POSITIONS, SARRecord
 
 __all__ = [
     "POSITIONS",
@@ -53,9 +53,7 @@ __all__ = [
 STYLES: tuple[str, ...] = ("general", "complex", "absolute", "relative")
 #: Banks a user may replace through ``template_banks``: the styles plus metadata-enriched and empty-scene ones.
 BANK_NAMES: tuple[str, ...] = (*STYLES, "enriched", "negative", "metadata_only")
-POSITIONS: tuple[str, ...] = (
-    "upper left", "top", "upper right", "left", "center", "right", "lower left", "bottom", "lower right",
-)
+POSITIONS: tuple[str, ...] = GRID_POSITIONS
 SIZES: tuple[str, ...] = ("small", "medium", "large")
 #: Metadata used for enrichment when the reader declares no ``caption_fields``.
 DEFAULT_FIELDS: tuple[str, ...] = ("sensor", "band", "polarization", "resolution_m")

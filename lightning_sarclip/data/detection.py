@@ -48,11 +48,10 @@ from dataclasses import replace
 from statistics import median
 
 from lightning_sarclip.data.io import format_of, read_bytes, read_sar
-from lightning_sarclip.data.records import Box, SARRecord
+from lightning_sarclip.data.records import GRID_POSITIONS, Box, SARRecord
 
 log = logging.getLogger("lightning_sarclip")
 
-GRID_POSITIONS = ("upper left", "top", "upper right", "left", "center", "right", "lower left", "bottom", "lower right")
 #: ``(upper bound of sqrt(box area / image area), name)``, checked in order.
 DEFAULT_SIZE_BINS: tuple[tuple[float, str], ...] = ((0.1, "small"), (0.3, "medium"), (math.inf, "large"))
 MODES = ("whole", "chips", "both")

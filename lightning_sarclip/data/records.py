@@ -15,6 +15,12 @@ from typing import Any
 #: Separator between nested archive members: ``ImageRef("OpenSARShip_2.zip", "S1A_x.zip!/Patch/a.tif")``.
 MEMBER_SEP = "!/"
 
+#: The cells of an image's 3x3 grid in reading order: where detection summaries put objects, how captions and
+#: synthetic scenes name positions.
+GRID_POSITIONS: tuple[str, ...] = (
+    "upper left", "top", "upper right", "left", "center", "right", "lower left", "bottom", "lower right",
+)
+
 
 @dataclass(frozen=True)
 class ImageRef:

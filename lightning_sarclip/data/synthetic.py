@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_sarclip.data.records import GRID_POSITIONS
+
 SYNTHETIC_CLASSES: tuple[str, ...] = ("ship", "vehicle", "aircraft", "building", "bridge")
 """Target classes; the position in this tuple is the class index used as label."""
 
@@ -54,8 +56,6 @@ _PLURALS = {"ship": "ships", "vehicle": "vehicles", "aircraft": "aircraft", "bui
             "bridge": "bridges"}
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 # Reading order of the 3x3 grid, with the preposition each cell takes in English.
-_GRID_NAMES = ("upper left", "top", "upper right", "left", "center", "right", "lower left", "bottom",
-               "lower right")
 _GRID_PREPOSITIONS = ("in the", "at the", "in the", "on the", "at the", "on the", "in the", "at the", "in the")
 # (min, max) instance counts per class; bridges are mostly single, see _instance_count.
 _COUNT_RANGE = {"ship": (1, 4), "vehicle": (1, 4), "aircraft": (1, 3), "building": (1, 4), "bridge": (1, 2)}
@@ -564,7 +564,7 @@ def _captions(rng: np.random.Generator, cls: str, objects: list[dict], size: int
     """Captions written from the scene; the first is the most informative (class, count and position)."""
     count = len(objects)
     cell = _grid_cell(objects, size)
-    pos = f"{_GRID_PREPOSITIONS[cell]} {_GRID_NAMES[cell]}"
+    pos = f"{_GRID_PREPOSITIONS[cell]} {GRID_POSITIONS[cell]}"
     noun = _noun(cls, count)
     ctx = str(rng.choice(_CONTEXT[cls]))
 

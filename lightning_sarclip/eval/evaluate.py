@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -38,10 +37,11 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_sarclip.data.listing import DETECTION_MODES
 from lightning_sarclip.data.templates import get_templates
 from lightning_sarclip.eval.classification import classification_metrics, confusion_matrix
-from lightning_sarclip.eval.results import append_results
+from lightning_sarclip.eval.results import append_results, metrics_table
 from lightning_sarclip.eval.retrieval import recall_at_k
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
 from lightning_sarclip.utils.atomic import atomic_write_json
+from lightning_sarclip.utils.run_dir import RunDirectory
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -429,8 +429,9 @@ def default_model_name(spec: ModelSpec, loaded_name: str) -> str:
     if not spec.pretrained:
         return f"{loaded_name} (random init)"
     path = Path(spec.pretrained)
-    if path.suffix == ".ckpt" and path.parent.name == "checkpoints":
-        return f"{path.parent.parent.name}/{path.stem}"
+    run = RunDirectory.of_checkpoint(path)
+    if path.suffix == ".ckpt" and run is not None:
+        return f"{run.name}/{path.stem}"
     if spec.pretrained.startswith("hf-hub:") or path.suffix:
         return f"{loaded_name} ({path.stem})"
     return f"{loaded_name} ({spec.pretrained})"
@@ -631,18 +632,14 @@ def run_wise_ft(config: EvalConfig, loaded: Any, model_label: str, prepared: lis
 
 
 def summary_table(results: list[tuple[str, str, dict[str, Any]]]) -> str:
-    """Fixed-width table: dataset, task, images, then metrics in percent."""
-    columns = ["top1", "top5", "mean_per_class", "i2t_R@1", "t2i_R@1", "mean_recall"]
-    header = f"{'dataset':<20} {'task':<10} {'images':>7} " + " ".join(f"{c:>14}" for c in columns)
-    lines = [header, "-" * len(header)]
+    """The datasets' main metrics side by side (:func:`~lightning_sarclip.eval.results.metrics_table`)."""
+    columns = {}
     for name, task, metrics in results:
-        values = {**metrics.get("zeroshot", {}), **metrics.get("retrieval", {})}
-        cells = []
-        for column in columns:
-            value = values.get(column)
-            cells.append(f"{'-':>14}" if value is None or math.isnan(value) else f"{100 * value:14.2f}")
-        lines.append(f"{name[:20]:<20} {task:<10} {metrics['num_images']:>7} " + " ".join(cells))
-    return "\n".join(lines)
+        values = {"task": task, "images": metrics["num_images"]}
+        values.update({k: v for k, v in metrics.get("zeroshot", {}).items()})
+        values.update(metrics.get("retrieval", {}))
+        columns[name] = values
+    return metrics_table(columns)
 
 
 def run(config: EvalConfig) -> list[dict[str, Any]]:

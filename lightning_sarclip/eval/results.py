@@ -71,3 +71,41 @@ def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not a JSON results row ({err})") from err
     return rows
+
+
+# ------------------------------------------------------------------------------------------ console table
+#: Metric names printed as plain numbers, not as percentages.
+_COUNT_SUFFIXES = ("_tied_queries", "images", "captions", "num_scored")
+
+
+def _cell(metric: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, str):
+        return value
+    if metric.endswith("loss"):
+        return f"{value:.4f}"
+    if metric.endswith(_COUNT_SUFFIXES) or isinstance(value, bool):
+        return f"{int(value)}"
+    return f"{100 * float(value):.2f}"
+
+
+def metrics_table(columns: Mapping[str, Mapping[str, Any]], title: str | None = None) -> str:
+    """The one console table of metrics: a row per metric, a column per dataset (or stage).
+
+    Recalls and accuracies (fractions) are shown in percent, losses with four decimals, counts as integers,
+    strings as they are, missing or NaN values as ``-``. Used by ``evaluate`` and the fit-time callbacks.
+    """
+    if not columns or not any(columns.values()):
+        return f"{title or 'metrics'}: no metrics"
+    metrics = list(dict.fromkeys(key for values in columns.values() for key in values))
+    names = list(columns)
+    first = max(len("metric"), *(len(m) for m in metrics))
+    widths = [max(8, len(name), *(len(_cell(m, columns[name].get(m))) for m in metrics)) for name in names]
+    lines = [title] if title else []
+    lines.append(f"{'metric':<{first}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True)))
+    lines.append(f"{'-' * first}  " + "  ".join("-" * w for w in widths))
+    for metric in metrics:
+        cells = [f"{_cell(metric, columns[n].get(metric)):>{w}}" for n, w in zip(names, widths, strict=True)]
+        lines.append(f"{metric:<{first}}  " + "  ".join(cells))
+    return "\n".join(lines)

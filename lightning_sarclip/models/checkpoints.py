@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "LoadReport", "load_checkpoint", "read_state_dict"]
+__all__ = ["CheckpointError", "LoadReport", "lightning_hyperparameters", "load_checkpoint", "read_checkpoint",
+           "read_state_dict"]
 
 _DEFAULT_LOGGER_NAME = "lightning_sarclip"
 
@@ -127,6 +128,7 @@ def load_checkpoint(
     allow_shape_mismatch: bool = False,
     strict: bool = False,
     logger: logging.Logger | None = None,
+    source: str | None = None,
 ) -> LoadReport:
     """Load ``checkpoint`` (a file, an in-memory state_dict / checkpoint dict, or a module) into ``model``.
 
@@ -135,7 +137,8 @@ def load_checkpoint(
     tensor whose shape differs from the model's raises :class:`CheckpointError`, unless
     ``allow_shape_mismatch=True``, which skips and reports it. Missing / unexpected keys are reported (and
     logged at WARNING); with ``strict=True`` they raise instead, before the model is modified. Keys skipped by
-    ``allow_shape_mismatch`` are not counted as missing.
+    ``allow_shape_mismatch`` are not counted as missing. ``source`` names an in-memory checkpoint in messages
+    (e.g. the file :func:`read_checkpoint` read it from).
     """
     log = logger if logger is not None else logging.getLogger(_DEFAULT_LOGGER_NAME)
     path_str: str | None = None
@@ -144,7 +147,7 @@ def load_checkpoint(
         source = f"<in-memory {type(checkpoint).__name__}>"
         raw, dropped = _extract_tensor_mapping(checkpoint.state_dict(), source)
     elif isinstance(checkpoint, Mapping):
-        source = _IN_MEMORY
+        source = source or _IN_MEMORY
         raw, dropped = _extract_tensor_mapping(checkpoint, source)
     elif isinstance(checkpoint, (str, os.PathLike)):
         path_str = source = os.fspath(checkpoint)
@@ -221,8 +224,14 @@ def load_checkpoint(
 # --------------------------------------------------------------------------------------------------- reading
 
 
-def _read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Read ``path`` into a tensor mapping (keys as stored, prefixes kept) plus the dropped non-weight names."""
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """The object a checkpoint file holds, read once: the one place this package reads a checkpoint file.
+
+    Pickles are read with ``torch.load(weights_only=True)`` (objects outside the allowlist in metadata become
+    placeholders; in weights they are refused), safetensors files as a dict of tensors, TorchScript archives as
+    their state_dict. Anything else (a missing, empty, truncated or foreign file) is a :class:`CheckpointError`
+    naming the file and what was expected, never the advice to turn ``weights_only`` off.
+    """
     file = Path(os.fspath(path))
     if not file.exists():
         raise CheckpointError(f"checkpoint file not found: {file}")
@@ -245,12 +254,25 @@ def _read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
         )
 
     if file.suffix == ".safetensors" or _looks_like_safetensors(head, size):
-        obj: Any = _load_safetensors(file)
-    elif _is_torchscript_zip(file):
-        obj = _load_torchscript(file)
-    else:
-        obj = _load_pickle(file)
-    return _extract_tensor_mapping(obj, str(file))
+        return _load_safetensors(file)
+    if _is_torchscript_zip(file):
+        return _load_torchscript(file)
+    return _load_pickle(file)
+
+
+def lightning_hyperparameters(checkpoint: Any) -> dict[str, Any] | None:
+    """The hyper-parameters of one of our Lightning checkpoints (a dict naming ``model_name``), else ``None``."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, Mapping) and "model_name" in hparams:
+        return dict(hparams)
+    return None
+
+
+def _read_checkpoint_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Read ``path`` into a tensor mapping (keys as stored, prefixes kept) plus the dropped non-weight names."""
+    return _extract_tensor_mapping(read_checkpoint(path), os.fspath(path))
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:

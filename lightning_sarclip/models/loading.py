@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_sarclip.models.checkpoints import load_checkpoint
+from lightning_sarclip.models.checkpoints import lightning_hyperparameters, load_checkpoint, read_checkpoint
 from lightning_sarclip.models.factory import build_input_adapter, create_model, image_size_of
 from lightning_sarclip.models.sar_stem import SARInputAdapter
 
@@ -74,12 +74,14 @@ def checkpoint_hash(path: str | os.PathLike | None) -> str | None:
     return _file_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime)
 
 
-def is_lightning_checkpoint(path: str | os.PathLike) -> bool:
-    """Our ``.ckpt``: a Lightning checkpoint whose hyper-parameters name an open_clip architecture."""
+def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(hyper_parameters, checkpoint)`` of our ``.ckpt`` (a Lightning checkpoint whose hyper-parameters name an
+    open_clip architecture), read once; ``None`` for any other file or name."""
     if not str(path).endswith(".ckpt") or not Path(path).is_file():
-        return False
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return isinstance(checkpoint, dict) and "model_name" in (checkpoint.get("hyper_parameters") or {})
+        return None
+    checkpoint = read_checkpoint(path)
+    hparams = lightning_hyperparameters(checkpoint)
+    return None if hparams is None else (hparams, checkpoint)
 
 
 def tag_statistics(model_name: str, pretrained: str | None) -> tuple[list[float] | None, list[float] | None]:
@@ -109,10 +111,9 @@ def load_model(
     For our ``.ckpt`` the architecture and SAR settings come from its hyper-parameters; explicit arguments
     override them. Otherwise ``model_name`` is required and ``in_chans`` defaults to 1.
     """
-    hparams: dict[str, Any] = {}
-    lightning_ckpt = pretrained is not None and is_lightning_checkpoint(pretrained)
-    if lightning_ckpt:
-        hparams = dict(torch.load(pretrained, map_location="cpu", weights_only=True)["hyper_parameters"])
+    ours = read_lightning_checkpoint(pretrained) if pretrained is not None else None
+    lightning_ckpt = ours is not None
+    hparams: dict[str, Any] = ours[0] if ours is not None else {}
     model_name = model_name or hparams.get("model_name")
     if model_name is None:
         raise ValueError("load_model: model_name is required unless pretrained is one of our .ckpt files")
@@ -142,7 +143,7 @@ def load_model(
     model = created.model
     if lightning_ckpt:
         # The module keeps the open_clip model as ``model``: the loader strips that prefix by best match.
-        load_checkpoint(model, pretrained, strict=False)
+        load_checkpoint(model, ours[1], strict=False, source=str(pretrained))
     adapter = build_input_adapter(
         model, settings["in_chans"], settings["channel_mode"], settings["image_mean"], settings["image_std"]
     )

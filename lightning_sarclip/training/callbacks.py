@@ -41,27 +41,22 @@ from lightning_sarclip.eval.evaluate import (
     prepare_dataset,
 )
 from lightning_sarclip.eval.metrics import RetrievalRecall, ZeroShotAccuracy
+from lightning_sarclip.eval.results import metrics_table
 from lightning_sarclip.eval.retrieval import chance_recall_at_k
 from lightning_sarclip.eval.zeroshot import build_zeroshot_classifier, zeroshot_logits
+from lightning_sarclip.models.factory import image_size_of
 
 log = logging.getLogger(__name__)
 
 
 def format_table(metrics: dict[str, float], title: str) -> str:
-    """A fixed-width two-column table (metric, value); recalls and accuracies are shown in percent."""
-    if not metrics:
-        return f"{title}: no metrics"
-    width = max(len(k) for k in metrics)
-    lines = [title, f"{'metric'.ljust(width)}  value", f"{'-' * width}  --------"]
+    """Logged metrics (``val/<metric>``, ``val/<dataset>/<metric>``) as the one console table, a column per
+    dataset (:func:`~lightning_sarclip.eval.results.metrics_table`)."""
+    columns: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        if key.endswith("loss"):
-            shown = f"{value:8.4f}"
-        elif key.endswith("_tied_queries"):
-            shown = f"{int(value):8d}"
-        else:
-            shown = f"{100 * value:8.2f}"
-        lines.append(f"{key.ljust(width)}  {shown}")
-    return "\n".join(lines)
+        column, _, metric = key.rpartition("/")
+        columns.setdefault(column or "value", {})[metric] = value
+    return metrics_table(columns, title)
 
 
 class FeatureMetrics:
@@ -295,14 +290,11 @@ def _dataset_spec(entry: dict[str, Any], templates: list[str]) -> DatasetSpec:
 
 
 def _model_image_size(pl_module: pl.LightningModule) -> int:
-    size = getattr(pl_module.hparams, "image_size", None) if hasattr(pl_module, "hparams") else None
-    if size is None:
-        size = getattr(getattr(getattr(pl_module, "model", None), "visual", None), "image_size", None)
-    if isinstance(size, (tuple, list)):
-        size = size[0]
-    if size is None:
-        raise ValueError("EvalSuiteCallback: cannot tell the model's input size (no image_size hparam)")
-    return int(size)
+    """The input size of the module's open_clip model (the one home: ``models.factory.image_size_of``)."""
+    model = getattr(pl_module, "model", None)
+    if model is None or not hasattr(model, "visual"):
+        raise ValueError(f"EvalSuiteCallback needs a module with an open_clip ``model``; got {type(pl_module).__name__}")
+    return image_size_of(model)
 
 
 class _ModuleEncoder:

@@ -50,6 +50,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_sarclip.utils.run_dir import RunDirectory
+
 log = logging.getLogger("lightning_sarclip")
 
 _INTERACTIVE_JOB_NAMES = ("bash", "interactive")
@@ -236,7 +238,7 @@ class PreemptionCheckpoint(pl.Callback):
             return keeper.last_model_path
         # No ModelCheckpoint keeps a last.ckpt (or it links it to a top-k file, which may be older than this step).
         folder = next((cb.dirpath for cb in callbacks if cb.dirpath), None)
-        path = Path(folder) if folder else Path(trainer.default_root_dir) / "checkpoints"
+        path = Path(folder) if folder else RunDirectory(Path(trainer.default_root_dir)).checkpoints
         trainer.save_checkpoint(path / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}")
         return str(path / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}")
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_sarclip.utils.atomic import atomic_write_json
+from lightning_sarclip.utils.run_dir import RunDirectory
 
-FINISHED_MARKER = "finished.json"
 _HPC_CHECKPOINT = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
 
 
@@ -41,7 +41,7 @@ def resume_checkpoint(run_dir: str | os.PathLike, checkpoint_dir: str | os.PathL
     most training.
     """
     run_dir = Path(run_dir)
-    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else run_dir / "checkpoints"
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else RunDirectory(run_dir).checkpoints
     candidates = [p for p in checkpoint_dir.glob("last*.ckpt") if p.is_file()]
     candidates += [p for p in run_dir.glob("hpc_ckpt_*.ckpt") if p.is_file() and _HPC_CHECKPOINT.search(p.name)]
     if not candidates:
@@ -56,14 +56,14 @@ def resume_checkpoint(run_dir: str | os.PathLike, checkpoint_dir: str | os.PathL
 
 def mark_finished(run_dir: str | os.PathLike, **details: Any) -> Path:
     """Record that the run in ``run_dir`` reached its end (``details``: step counts etc.)."""
-    path = Path(run_dir) / FINISHED_MARKER
+    path = RunDirectory(Path(run_dir)).finished_marker
     atomic_write_json(path, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}, indent=2, sort_keys=True)
     return path
 
 
 def finished(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The finish record of ``run_dir``, or ``None`` while the run has not finished."""
-    path = Path(run_dir) / FINISHED_MARKER
+    path = RunDirectory(Path(run_dir)).finished_marker
     if not path.exists():
         return None
     try:

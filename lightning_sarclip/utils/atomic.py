@@ -32,7 +32,7 @@ Why each step is there:
 
 Fault injection needs no hook in this module: the tests run a writer in a subprocess, monkeypatch
 ``torch.save`` / ``os.replace`` there so that it stops inside a write, and ``SIGKILL`` it
-(``tests/utils/test_atomic.py``).
+(``tests/library/utils/test_atomic.py``).
 
 Standard library only (``torch`` is imported inside :func:`atomic_torch_save`, ``fcntl`` inside
 :func:`atomic_append`); local paths only (no fsspec URLs). POSIX semantics: on Windows the folder ``fsync`` is
