@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from lightning_sarclip.data.records import GRID_POSITIONS, SARRecord
+from lightning_sarclip.data.records import GRID_POSITIONS, OBJECT_SIZES, ObjectGroup, SARRecord
 
 __all__ = [
     "POSITIONS",
@@ -54,7 +54,7 @@ STYLES: tuple[str, ...] = ("general", "complex", "absolute", "relative")
 #: Banks a user may replace through ``template_banks``: the styles plus metadata-enriched and empty-scene ones.
 BANK_NAMES: tuple[str, ...] = (*STYLES, "enriched", "negative", "metadata_only")
 POSITIONS: tuple[str, ...] = GRID_POSITIONS
-SIZES: tuple[str, ...] = ("small", "medium", "large")
+SIZES: tuple[str, ...] = OBJECT_SIZES
 #: Metadata used for enrichment when the reader declares no ``caption_fields``.
 DEFAULT_FIELDS: tuple[str, ...] = ("sensor", "band", "polarization", "resolution_m")
 
@@ -442,7 +442,7 @@ class Captioner:
     def _generate(self, record: SARRecord, rng: random.Random, n: int, exclude: set[str]) -> list[tuple[str, str]]:
         objects = _objects_of(record)
         details = self._details(record)
-        labels = tuple(record.labels) + tuple(o["label"] for o in objects or ())
+        labels = tuple(record.labels) + tuple(o.label for o in objects or ())
         held_out = held_out_prompts(tuple(dict.fromkeys(labels)))
         pools: list[list[tuple[str, str]]] = []
         for style in self._styles_for(record, objects, details):
@@ -462,7 +462,7 @@ class Captioner:
                     picked.append(pool.pop(0))
         return picked
 
-    def _styles_for(self, record: SARRecord, objects: list[dict] | None, details: list[tuple[str, str]]):
+    def _styles_for(self, record: SARRecord, objects: list[ObjectGroup] | None, details: list[tuple[str, str]]):
         if objects == []:  # a detection image without targets
             return ["negative"] + (["metadata_only"] if details else [])
         styles = []
@@ -487,11 +487,11 @@ class Captioner:
                 out.append((key, value))
         return out
 
-    def _subject(self, record: SARRecord, objects: list[dict] | None, rng: random.Random) -> str:
+    def _subject(self, record: SARRecord, objects: list[ObjectGroup] | None, rng: random.Random) -> str:
         if objects:
             totals: dict[str, int] = {}
             for o in objects:
-                totals[o["label"]] = totals.get(o["label"], 0) + o["count"]
+                totals[o.label] = totals.get(o.label, 0) + o.count
             nouns = {label: self.vocabulary(record).noun(label) for label in totals}
             return _join([plural(nouns[label]) if count > 1 else f"{article(nouns[label])} {nouns[label]}"
                           for label, count in totals.items()])
@@ -518,41 +518,41 @@ class Captioner:
         if style == "complex":
             totals: dict[str, int] = {}
             for o in objects:
-                totals[o["label"]] = totals.get(o["label"], 0) + o["count"]
+                totals[o.label] = totals.get(o.label, 0) + o.count
             values["objects"] = _join([_count_phrase(c, self.vocabulary(record).noun(lab), rng)
                                        for lab, c in totals.items()])
         if style == "absolute":
             group = rng.choice(objects)
-            values.update(self._group(group, self.vocabulary(record).noun(group["label"]), rng))
+            values.update(self._group(group, self.vocabulary(record).noun(group.label), rng))
         if style == "relative":
             first, second, relation = rng.choice(_relations(objects))
-            values.update(self._group(first, self.vocabulary(record).noun(first["label"]), rng))
+            values.update(self._group(first, self.vocabulary(record).noun(first.label), rng))
             values["relation"] = relation
-            noun = self.vocabulary(record).noun(second["label"])
-            other = f"the {noun}" if second["count"] == 1 else f"the {_count_phrase(second['count'], noun, rng)}"
-            if second["label"] == first["label"]:  # "above the 2 ships" would be ambiguous: say which
-                other += f" {_LOCATION[second['position']]}"
+            noun = self.vocabulary(record).noun(second.label)
+            other = f"the {noun}" if second.count == 1 else f"the {_count_phrase(second.count, noun, rng)}"
+            if second.label == first.label:  # "above the 2 ships" would be ambiguous: say which
+                other += f" {_LOCATION[second.position]}"
             values["other"] = other
         return _sentence(template.format(**values))
 
     @staticmethod
-    def _group(group: Mapping[str, Any], noun: str, rng: random.Random) -> dict[str, str]:
+    def _group(group: ObjectGroup, noun: str, rng: random.Random) -> dict[str, str]:
         return {
-            "objects": _count_phrase(group["count"], noun, rng, group.get("size")),
-            "be": "is" if group["count"] == 1 else "are",
-            "location": _LOCATION[group["position"]],
+            "objects": _count_phrase(group.count, noun, rng, group.size),
+            "be": "is" if group.count == 1 else "are",
+            "location": _LOCATION[group.position],
         }
 
 
-def _relations(objects: Iterable[Mapping[str, Any]]) -> list[tuple[dict, dict, str]]:
+def _relations(objects: Iterable[ObjectGroup]) -> list[tuple[ObjectGroup, ObjectGroup, str]]:
     """Ordered pairs of groups in different grid cells with the spatial relation of the first to the second."""
     out = []
     objects = list(objects)
     for a in objects:
         for b in objects:
-            if a is b or a["position"] == b["position"]:
+            if a is b or a.position == b.position:
                 continue
-            (ra, ca), (rb, cb) = _GRID[a["position"]], _GRID[b["position"]]
+            (ra, ca), (rb, cb) = _GRID[a.position], _GRID[b.position]
             if ra != rb:
                 relation = "above" if ra < rb else "below"
             else:
@@ -561,25 +561,17 @@ def _relations(objects: Iterable[Mapping[str, Any]]) -> list[tuple[dict, dict, s
     return out
 
 
-def _objects_of(record: SARRecord) -> list[dict] | None:
-    """``metadata["objects"]`` validated (``None`` when the record has no object list)."""
+def _objects_of(record: SARRecord) -> list[ObjectGroup] | None:
+    """``metadata["objects"]`` as typed groups (``None`` when the record has no object list); dicts (from a
+    corpus or a user's metadata) are checked field by field."""
     objects = record.metadata.get("objects")
     if objects is None:
         return None
     if not isinstance(objects, list):
         raise ValueError(f"{record.key}: metadata['objects'] must be a list, got {type(objects).__name__}")
-    for i, o in enumerate(objects):
-        problem = None
-        if not isinstance(o, Mapping):
-            problem = f"expected a dict, got {type(o).__name__}"
-        elif not isinstance(o.get("label"), str) or not o["label"].strip():
-            problem = f"'label' must be a non-empty string, got {o.get('label')!r}"
-        elif not isinstance(o.get("count"), int) or isinstance(o.get("count"), bool) or o["count"] < 1:
-            problem = f"'count' must be an integer >= 1, got {o.get('count')!r}"
-        elif o.get("position") not in _GRID:
-            problem = f"'position' must be one of {POSITIONS}, got {o.get('position')!r}"
-        elif o.get("size") is not None and o["size"] not in SIZES:
-            problem = f"'size' must be one of {SIZES}, got {o.get('size')!r}"
-        if problem:
-            raise ValueError(f"{record.key}: metadata['objects'][{i}]: {problem}")
-    return objects
+    groups = [ObjectGroup.parse(o, f"{record.key}: metadata['objects'][{i}]") for i, o in enumerate(objects)]
+    for i, group in enumerate(groups):
+        if group.size is not None and group.size not in SIZES:  # the phrases exist for these bins only
+            raise ValueError(f"{record.key}: metadata['objects'][{i}]: 'size' must be one of {SIZES}, "
+                             f"got {group.size!r}")
+    return groups

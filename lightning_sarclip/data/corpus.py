@@ -55,7 +55,7 @@ from PIL import Image
 from lightning_sarclip.data.captions import Captioner
 from lightning_sarclip.data.io import read_sar
 from lightning_sarclip.data.listing import SourceListing
-from lightning_sarclip.data.records import SARRecord
+from lightning_sarclip.data.records import SARRecord, metadata_json_default
 from lightning_sarclip.data.sources import get_source
 from lightning_sarclip.utils.atomic import atomic_open, atomic_path
 
@@ -383,7 +383,7 @@ def _make_row(
         "captions": captions,
         "styles": styles,
         "labels": list(record.labels) or sorted({b.label for b in record.boxes}),
-        "metadata": json.dumps(record.metadata, sort_keys=True, default=str),
+        "metadata": json.dumps(record.metadata, sort_keys=True, default=metadata_json_default),
         "image_hash": content_hash(pixels),
         "phash": perceptual_hash(pixels.astype(np.float32) / 255.0),
     }

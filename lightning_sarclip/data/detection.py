@@ -48,7 +48,7 @@ from dataclasses import replace
 from statistics import median
 
 from lightning_sarclip.data.io import format_of, read_bytes, read_sar
-from lightning_sarclip.data.records import GRID_POSITIONS, Box, SARRecord
+from lightning_sarclip.data.records import GRID_POSITIONS, Box, ObjectGroup, SARRecord
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -100,7 +100,7 @@ def _bin(relative_side: float, bins: tuple[tuple[float, str], ...]) -> str:
 
 def summarize_boxes(
     boxes: list[Box], size: tuple[int, int], size_bins: tuple[tuple[float, str], ...] = DEFAULT_SIZE_BINS
-) -> list[dict]:
+) -> list[ObjectGroup]:
     """The ``metadata["objects"]`` summary described in the module docstring."""
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for box in boxes:
@@ -108,11 +108,8 @@ def summarize_boxes(
         groups[(box.label, position)].append(math.sqrt(max(box.width, 0) * max(box.height, 0) / (size[0] * size[1])))
     totals = Counter(box.label for box in boxes)
     order = sorted(groups, key=lambda k: (-totals[k[0]], k[0], GRID_POSITIONS.index(k[1])))
-    return [
-        {"label": label, "count": len(groups[(label, pos)]), "position": pos,
-         "size": _bin(median(groups[(label, pos)]), size_bins)}
-        for label, pos in order
-    ]  # fmt: skip
+    return [ObjectGroup(label, len(groups[(label, pos)]), pos, _bin(median(groups[(label, pos)]), size_bins))
+            for label, pos in order]
 
 
 def whole_image_record(

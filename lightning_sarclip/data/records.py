@@ -22,6 +22,57 @@ GRID_POSITIONS: tuple[str, ...] = (
 )
 
 
+#: Size bins of an object group (the median box side relative to the image).
+OBJECT_SIZES: tuple[str, ...] = ("small", "medium", "large")
+
+
+@dataclass(frozen=True)
+class ObjectGroup:
+    """Objects of one class in one cell of the image's 3x3 grid: the typed entries of ``metadata["objects"]``.
+
+    Detection sources summarise their boxes into these (:func:`~lightning_sarclip.data.detection.summarize_boxes`)
+    and the captioner writes counts and positions from them. The corpus stores them as plain dicts
+    (:meth:`as_dict`); :meth:`parse` reads a dict back and names the record, index and field of a bad value.
+    """
+
+    label: str
+    count: int
+    position: str
+    size: str | None = None
+
+    def __post_init__(self) -> None:
+        problem = _object_problem(self.label, self.count, self.position, self.size)
+        if problem:
+            raise ValueError(f"ObjectGroup: {problem}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "count": self.count, "position": self.position, "size": self.size}
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> ObjectGroup:
+        """An :class:`ObjectGroup` from itself or a dict; ``where`` names the entry in the error."""
+        if isinstance(value, ObjectGroup):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a dict, got {type(value).__name__}")
+        problem = _object_problem(value.get("label"), value.get("count"), value.get("position"), value.get("size"))
+        if problem:
+            raise ValueError(f"{where}: {problem}")
+        return cls(value["label"], value["count"], value["position"], value.get("size"))
+
+
+def _object_problem(label: Any, count: Any, position: Any, size: Any) -> str | None:
+    if not isinstance(label, str) or not label.strip():
+        return f"'label' must be a non-empty string, got {label!r}"
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        return f"'count' must be an integer >= 1, got {count!r}"
+    if position not in GRID_POSITIONS:
+        return f"'position' must be one of {GRID_POSITIONS}, got {position!r}"
+    if size is not None and (not isinstance(size, str) or not size.strip()):
+        return f"'size' must be a size bin name (e.g. one of {OBJECT_SIZES}) or null, got {size!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """Where an image lives.
@@ -112,3 +163,10 @@ class SARRecord:
     def label(self) -> str | None:
         """The single image-level label, when there is exactly one."""
         return self.labels[0] if len(self.labels) == 1 else None
+
+
+def metadata_json_default(value: Any) -> Any:
+    """``json.dumps(..., default=metadata_json_default)``: typed metadata values as plain JSON."""
+    if isinstance(value, ObjectGroup):
+        return value.as_dict()
+    return str(value)

@@ -15,7 +15,7 @@ from lightning_sarclip.data.detection import (
     whole_image_record,
 )
 from lightning_sarclip.data.io import read_sar
-from lightning_sarclip.data.records import Box, ImageRef, SARRecord
+from lightning_sarclip.data.records import Box, ImageRef, ObjectGroup, SARRecord
 from lightning_sarclip.data.sources import get_source
 from tests.conftest import FIXTURES
 
@@ -42,7 +42,8 @@ def test_whole_image_summary() -> None:
     ]
     record = _record(boxes)
     out = whole_image_record(record)
-    assert out.metadata["objects"] == [
+    assert all(isinstance(g, ObjectGroup) for g in out.metadata["objects"])  # a typed value, not free dicts
+    assert [g.as_dict() for g in out.metadata["objects"]] == [
         {"label": "ship", "count": 2, "position": "upper left", "size": "small"},
         {"label": "ship", "count": 1, "position": "right", "size": "medium"},
         {"label": "aircraft", "count": 1, "position": "center", "size": "large"},
@@ -50,7 +51,7 @@ def test_whole_image_summary() -> None:
     assert out.labels == [] and out.boxes == boxes and out.metadata["sensor"] == "Gaofen-3"
     assert "objects" not in record.metadata  # the input record is not modified
     custom = whole_image_record(record, size_bins=((0.5, "any"),))
-    assert {g["size"] for g in custom.metadata["objects"]} == {"any"}
+    assert {g.size for g in custom.metadata["objects"]} == {"any"}
 
 
 def test_whole_image_without_targets() -> None:
@@ -61,7 +62,7 @@ def test_whole_image_without_targets() -> None:
 def test_whole_image_size_from_header_when_unknown() -> None:
     path = DATA / "sar_aircraft" / "SAR-AIRcraft-1.0" / "JPEGImages" / "1.jpg"  # 32x32
     out = whole_image_record(_record([Box("A220", 28, 28, 30, 30)], size=None, path=str(path)))
-    assert out.size == (32, 32) and out.metadata["objects"][0]["position"] == "lower right"
+    assert out.size == (32, 32) and out.metadata["objects"][0].position == "lower right"
 
 
 def test_rotated_hull() -> None:
@@ -139,3 +140,16 @@ def test_detection_pairs_on_rotated_source() -> None:
     assert [c.labels for c in chips] == [["Boeing737"], ["Oil_Tanker"]]
     assert all(c.image.format == "mat" and c.image.option("mat_key") == "data" for c in chips)
     assert read_sar(chips[1].image).data.shape[:2] == (chips[1].size[1], chips[1].size[0])
+
+
+def test_object_groups_are_checked_and_round_trip_through_json() -> None:
+    import json
+
+    from lightning_sarclip.data.records import metadata_json_default
+
+    group = ObjectGroup("ship", 2, "upper left", "small")
+    assert ObjectGroup.parse(json.loads(json.dumps(group, default=metadata_json_default)), "x") == group
+    with pytest.raises(ValueError, match=r"rec: 'count' must be an integer >= 1, got 0"):
+        ObjectGroup.parse({"label": "ship", "count": 0, "position": "top"}, "rec")
+    with pytest.raises(ValueError, match="'position' must be one of"):
+        ObjectGroup("ship", 1, "middle")
