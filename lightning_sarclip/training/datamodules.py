@@ -260,7 +260,9 @@ class SyntheticSARDataModule(SARDataModule):
         n_captions: captions per scene; evaluation batches carry all of them.
         looks: number of looks of the speckle (higher is smoother).
         seed: base seed; items are seeded from (seed, split, index).
-        Other arguments: see :class:`SARDataModule`.
+        batch_size: training batch size (also evaluation unless ``eval_batch_size`` is set); 64 by default here.
+        image_size: side length of the scenes; the CLI links it to the model's input size. 64 by default here.
+        Other arguments: see :class:`SARDataModule` (passed on as ``**kwargs``).
     """
 
     def __init__(
@@ -272,23 +274,17 @@ class SyntheticSARDataModule(SARDataModule):
         looks: int = 4,
         seed: int = 0,
         batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
         image_size: int = 64,
-        in_chans: int = 1,
-        tokenizer: str | None = None,
-        pin_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
+        # batch_size and image_size are re-declared only for their smaller defaults; everything else of
+        # SARDataModule goes through **kwargs (LightningCLI/jsonargparse resolves it from this super() call).
         super().__init__(
             dataset_class=SyntheticSARDataset,
             dataset_kwargs={"n_captions": n_captions, "looks": looks, "seed": seed},
             batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
             image_size=image_size,
-            in_chans=in_chans,
-            tokenizer=tokenizer,
-            pin_memory=pin_memory,
+            **kwargs,
         )
         self.num_samples = {"train": num_train, "val": num_val, "test": num_test}
 
@@ -315,7 +311,7 @@ class SourceDataModule(SARDataModule):
         source_options: extra keyword arguments of the source's constructor (e.g. ``{"image_column": "path"}``).
         detection: detection sources (HRSID, SARDet-100K ...) as ``whole`` images captioned with their objects'
             counts and positions, one labelled ``chips`` record per box, or ``both``.
-        Other arguments: see :class:`SARDataModule`.
+        Other arguments: see :class:`SARDataModule` (passed on as ``**kwargs``).
     """
 
     def __init__(
@@ -328,25 +324,13 @@ class SourceDataModule(SARDataModule):
         policy: str | dict | None = None,
         source_options: dict[str, Any] | None = None,
         detection: str = "whole",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int = 224,
-        in_chans: int = 1,
-        tokenizer: str | None = None,
-        pin_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             dataset_class=SourceDataset,
             dataset_kwargs={"source": source, "root": str(root), "n_captions": n_captions, "seed": seed,
                             "policy": policy, "source_options": dict(source_options or {}), "detection": detection},
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            in_chans=in_chans,
-            tokenizer=tokenizer,
-            pin_memory=pin_memory,
+            **kwargs,
         )
         if detection not in DETECTION_MODES:
             raise ValueError(f"detection must be one of {DETECTION_MODES}, got {detection!r}")
@@ -419,7 +403,7 @@ class CorpusDataModule(SARDataModule):
         augment: SAR-safe geometric augmentation of training images.
         eval_captions: captions per image in val/test batches.
         seed: sampler seed.
-        Other arguments: see :class:`~lightning_sarclip.training.datamodules.SARDataModule`.
+        Other arguments: see :class:`SARDataModule` (passed on as ``**kwargs``).
     """
 
     def __init__(
@@ -431,24 +415,12 @@ class CorpusDataModule(SARDataModule):
         augment: bool = True,
         eval_captions: int = 5,
         seed: int = 0,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int = 224,
-        in_chans: int = 1,
-        tokenizer: str | None = None,
-        pin_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             dataset_class=CorpusDataset,
             dataset_kwargs={"root": str(root), "variant": variant, "augment": augment, "eval_captions": eval_captions},
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            image_size=image_size,
-            in_chans=in_chans,
-            tokenizer=tokenizer,
-            pin_memory=pin_memory,
+            **kwargs,
         )
         self.source_weights = dict(source_weights or {}) or None
         self.samples_per_epoch = samples_per_epoch

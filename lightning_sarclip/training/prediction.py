@@ -49,6 +49,7 @@ from lightning_sarclip.data.transforms import (
     resize_square,
     to_model_channels,
 )
+from lightning_sarclip.models.checkpoints import lightning_hyperparameters, read_checkpoint
 from lightning_sarclip.training.datamodules import SARDataModule
 from lightning_sarclip.utils.atomic import atomic_open
 
@@ -172,11 +173,12 @@ class ImageFolderPredictDataModule(SARDataModule):
         extensions: file suffixes to list (without dots, case-insensitive).
         image_size: model input size; ``None`` takes the input size of the model being run (the CLI links this
             value to the model, so leave it ``None`` unless the checkpoint was trained at a non-default size).
-        in_chans: SAR channels the model takes (linked to the model by the CLI).
         policy: pixel conversion (``None``: chosen per image by pixel type; see the module docstring).
-        batch_size, num_workers, pin_memory: dataloader settings.
-        tokenizer: accepted because the CLI links the model's name to it; prediction itself tokenises nothing.
         detect_mstar: also list files with other suffixes that hold an MSTAR Phoenix header.
+        Other arguments: see :class:`SARDataModule` (passed on as ``**kwargs``): ``in_chans`` (linked to the model
+            by the CLI), the loader settings (``batch_size``; ``eval_batch_size``, which the predict loader uses
+            when set) and ``tokenizer``, accepted because the CLI links the model's name to it (prediction
+            itself tokenises nothing).
     """
 
     def __init__(
@@ -185,31 +187,25 @@ class ImageFolderPredictDataModule(SARDataModule):
         recursive: bool = True,
         extensions: list[str] | tuple[str, ...] = IMAGE_EXTENSIONS,
         image_size: int | None = None,
-        in_chans: int = 1,
         policy: str | dict | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        tokenizer: str | None = None,
         detect_mstar: bool = True,
-        pin_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
+        # image_size is re-declared because it may be None here (the base requires an int); everything else of
+        # SARDataModule goes through **kwargs (LightningCLI/jsonargparse resolves it from this super() call).
         super().__init__(
             dataset_class=ImageFolderDataset,
-            batch_size=batch_size,
-            num_workers=num_workers,
+            dataset_kwargs={
+                "folder": folder,
+                "recursive": recursive,
+                "extensions": tuple(extensions),
+                "policy": policy,
+                "detect_mstar": detect_mstar,
+            },
             image_size=image_size,  # type: ignore[arg-type]  # resolved from the model in setup when None
-            in_chans=in_chans,
-            tokenizer=tokenizer,
-            pin_memory=pin_memory,
+            **kwargs,
         )
         self.folder = folder
-        self.dataset_kwargs = {
-            "folder": folder,
-            "recursive": recursive,
-            "extensions": tuple(extensions),
-            "policy": policy,
-            "detect_mstar": detect_mstar,
-        }
 
     def _resolved_image_size(self) -> int:
         if self.image_size is not None:
@@ -392,7 +388,7 @@ class ZeroShotPredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ckpt_path = getattr(trainer, "ckpt_path", None)
         if ckpt_path and Path(ckpt_path).is_file():
-            hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+            hparams = lightning_hyperparameters(read_checkpoint(ckpt_path)) or {}
             problems = checkpoint_mismatches(hparams, pl_module)
             if problems:
                 raise ValueError(f"the model does not match checkpoint {ckpt_path}: " + "; ".join(problems))
