@@ -21,6 +21,7 @@ Importing this module registers both formats (the source readers that need them 
 from __future__ import annotations
 
 import io
+import os
 import re
 from typing import Any
 
@@ -55,6 +56,19 @@ def _typed(key: str, value: str) -> Any:
     return value
 
 
+#: The Phoenix version tag is looked for in this many leading bytes.
+PHOENIX_SNIFF_BYTES = 4096
+
+
+def is_mstar_raw(path: str | os.PathLike) -> bool:
+    """Whether the file starts like a raw MSTAR Phoenix file (the tag in its first bytes); unreadable -> False."""
+    try:
+        with open(path, "rb") as handle:
+            return _PHOENIX_START.search(handle.read(PHOENIX_SNIFF_BYTES)) is not None
+    except OSError:
+        return False
+
+
 def parse_mstar_header(data: bytes, name: str) -> dict[str, Any]:
     """Parse the Phoenix header at the start of ``data`` (the whole file or just its first kilobytes).
 
@@ -65,7 +79,7 @@ def parse_mstar_header(data: bytes, name: str) -> dict[str, Any]:
     Raises:
         SARReadError: no version tag, no end tag (truncated header), or a required field missing / not an integer.
     """
-    start = _PHOENIX_START.search(data[:4096])
+    start = _PHOENIX_START.search(data[:PHOENIX_SNIFF_BYTES])
     if start is None:
         raise SARReadError(f"{name}: not an MSTAR Phoenix file (no [PhoenixHeaderVer..] tag in the first 4 KB)")
     end = data.find(_PHOENIX_END, start.end())

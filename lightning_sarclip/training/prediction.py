@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_sarclip.data.formats import is_mstar_raw
 from lightning_sarclip.data.io import SARImage, read_sar
 from lightning_sarclip.data.records import ImageRef
 from lightning_sarclip.data.transforms import (
@@ -55,18 +56,9 @@ from lightning_sarclip.utils.atomic import atomic_open
 
 #: File suffixes listed by default (lower case; matching ignores case).
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "bmp", "tif", "tiff")
-_PHOENIX_TAG = b"[PhoenixHeaderVer"
 
 
 # ----------------------------------------------------------------------------------------------- listing, reading
-def _is_mstar_raw(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return _PHOENIX_TAG in handle.read(4096)
-    except OSError:
-        return False
-
-
 def list_images(
     folder: str | os.PathLike,
     recursive: bool = True,
@@ -90,7 +82,7 @@ def list_images(
             continue
         if path.suffix.lower() in wanted:
             refs.append(ImageRef(str(path)))
-        elif detect_mstar and _is_mstar_raw(path):
+        elif detect_mstar and is_mstar_raw(path):
             refs.append(ImageRef(str(path), format="mstar_raw"))
     return refs
 
