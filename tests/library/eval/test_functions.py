@@ -1,6 +1,6 @@
 """Tests for lightning_sarclip.eval: parity with CLIP_benchmark / open_clip semantics, tie rule, memory bound.
 
-The CLIP_benchmark reference below is a faithful transcription of
+The CLIP_benchmark reference (``tests/library/eval/reference.py``) is a faithful transcription of
 ``clip_benchmark/metrics/zeroshot_retrieval.py`` (``recall_at_k`` / ``batchify`` / the metric loop) and of the
 accuracy / balanced-accuracy computation in ``zeroshot_classification.py``, so the paper tables'
 semantics are pinned independently of our implementation.
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_sarclip.eval import (
     TEMPLATE_SETS,
@@ -27,69 +26,7 @@ from lightning_sarclip.eval import (
     retrieval_ranks,
     zeroshot_logits,
 )
-
-# ----------------------------------------------------------------------------------------------------
-# CLIP_benchmark reference (full-matrix) implementation
-# ----------------------------------------------------------------------------------------------------
-
-
-def _cb_recall_at_k(scores: torch.Tensor, positive_pairs: torch.Tensor, k: int) -> torch.Tensor:
-    """CLIP_benchmark ``recall_at_k``: per-query fraction of positives found in the top k."""
-    nb_texts, nb_images = scores.shape
-    topk_indices = torch.topk(scores, k, dim=1)[1]
-    nb_positive = positive_pairs.sum(dim=1)
-    topk_indices_onehot = F.one_hot(topk_indices, num_classes=nb_images)
-    positive_pairs_reshaped = positive_pairs.view(nb_texts, 1, nb_images)
-    nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1, 2))
-    return nb_true_positive / nb_positive
-
-
-def _cb_batchify(func, x, y, batch_size: int, *args, **kwargs) -> torch.Tensor:
-    results = []
-    for start in range(0, len(x), batch_size):
-        end = start + batch_size
-        results.append(func(x[start:end], y[start:end], *args, **kwargs).cpu())
-    return torch.cat(results)
-
-
-def _cb_retrieval(images_emb, texts_emb, texts_image_index, recall_k_list, batch_size: int = 16) -> dict:
-    """CLIP_benchmark's retrieval metric loop on (already computed) embeddings.
-
-    One deliberate deviation: ``k`` is clamped to the number of keys, because CLIP_benchmark's ``torch.topk``
-    raises when k exceeds it; with the clamp "top k" is "all keys", the natural meaning (recall 1).
-    """
-    images_emb = F.normalize(images_emb.float(), dim=-1)
-    texts_emb = F.normalize(texts_emb.float(), dim=-1)
-    texts_image_index = torch.as_tensor(texts_image_index)
-    scores = texts_emb @ images_emb.t()
-    positive_pairs = torch.zeros_like(scores, dtype=torch.bool)
-    positive_pairs[torch.arange(len(scores)), texts_image_index] = True
-    nb_texts, nb_images = scores.shape
-    metrics = {}
-    for k in recall_k_list:
-        metrics[f"image_retrieval_recall@{k}"] = (
-            (_cb_batchify(_cb_recall_at_k, scores, positive_pairs, batch_size, k=min(k, nb_images)) > 0)
-            .float()
-            .mean()
-            .item()
-        )
-        metrics[f"text_retrieval_recall@{k}"] = (
-            (_cb_batchify(_cb_recall_at_k, scores.T, positive_pairs.T, batch_size, k=min(k, nb_texts)) > 0)
-            .float()
-            .mean()
-            .item()
-        )
-    return metrics
-
-
-def _cb_accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
-    """CLIP_benchmark ``accuracy`` (top-k hits over all samples)."""
-    pred = output.topk(max(topk), 1, True, True)[1].t()
-    correct = pred.eq(target.view(1, -1).expand_as(pred))
-    n = len(target)
-    # CLIP_benchmark wraps this sum in float(...numpy()), which numpy>=2 rejects for 1-element arrays; .item()
-    # is the same value.
-    return [correct[:k].reshape(-1).float().sum(0, keepdim=True).item() / n for k in topk]
+from tests.library.eval.reference import LargestTensor, cb_accuracy, cb_retrieval
 
 
 def _balanced_accuracy(targets: torch.Tensor, preds: torch.Tensor) -> float:
@@ -116,7 +53,7 @@ def _paired_features(num_images: int, captions_per_image: torch.Tensor, dim: int
 
 def _assert_matches_cb(images, texts, text_to_image, ks, chunk_size) -> dict:
     ours = recall_at_k(images, texts, text_to_image, ks=ks, chunk_size=chunk_size)
-    ref = _cb_retrieval(images, texts, text_to_image, ks)
+    ref = cb_retrieval(images, texts, text_to_image, ks)
     for k in ks:
         assert ours[f"i2t_R@{k}"] == pytest.approx(ref[f"text_retrieval_recall@{k}"], abs=1e-6), (
             k,
@@ -213,28 +150,13 @@ def test_recall_is_invariant_to_feature_scale_and_caption_order():
     assert recall_at_k(3.0 * images, 0.1 * texts[perm], t2i[perm], chunk_size=3) == base
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces, to check that no N x M score matrix is ever built."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
-
-
 def test_recall_chunked_memory_bound_and_agreement():
     num_images, num_texts, dim = 2000, 6000, 32
     images, texts, t2i = _paired_features(
         num_images, torch.full((num_images,), 3), dim=dim, noise=1.2, seed=6
     )
     full = recall_at_k(images, texts, t2i, chunk_size=None)
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         chunked = recall_at_k(images, texts, t2i, chunk_size=64)
     assert chunked == full
     assert 0.0 < full["i2t_R@1"] < 1.0
@@ -273,8 +195,8 @@ def test_classification_matches_clip_benchmark():
     targets = torch.randint(0, 10, (500,), generator=gen)
     logits = torch.randn(500, 10, generator=gen) + 1.5 * F.one_hot(targets, 10)
     out = classification_metrics(logits, targets)
-    acc1, acc5 = _cb_accuracy(logits, targets, topk=(1, 5))
-    (acc3,) = _cb_accuracy(logits, targets, topk=(3,))
+    acc1, acc5 = cb_accuracy(logits, targets, topk=(1, 5))
+    (acc3,) = cb_accuracy(logits, targets, topk=(3,))
     assert out["top1"] == pytest.approx(acc1) and out["top3"] == pytest.approx(acc3)
     assert out["top5"] == pytest.approx(acc5)
     assert out["mean_per_class"] == pytest.approx(_balanced_accuracy(targets, logits.argmax(1)))

@@ -15,7 +15,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_sarclip.eval.retrieval import (
     TIE_RULES,
@@ -24,6 +23,7 @@ from lightning_sarclip.eval.retrieval import (
     retrieval_rank_counts,
     retrieval_ranks,
 )
+from tests.library.eval.reference import LargestTensor, cb_retrieval
 
 KS = (1, 5, 10)
 
@@ -98,33 +98,11 @@ def test_both_towers_constant_equal_chance_recall_exactly():
 # ----------------------------------------------------------------------------------------------------
 
 
-def _cb_recall_at_k(scores: torch.Tensor, positive_pairs: torch.Tensor, k: int) -> torch.Tensor:
-    """CLIP_benchmark ``recall_at_k`` (zeroshot_retrieval.py): per-query fraction of positives in the top k."""
-    nb_texts, nb_images = scores.shape
-    topk_indices = torch.topk(scores, k, dim=1)[1]
-    nb_positive = positive_pairs.sum(dim=1)
-    topk_indices_onehot = F.one_hot(topk_indices, num_classes=nb_images)
-    positive_pairs_reshaped = positive_pairs.view(nb_texts, 1, nb_images)
-    nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1, 2))
-    return nb_true_positive / nb_positive
-
-
-def _cb_retrieval(
-    images: torch.Tensor, texts: torch.Tensor, text_to_image: torch.Tensor, ks
-) -> dict[str, float]:
-    """CLIP_benchmark's metric loop on embeddings (one batch; k clamped to the number of keys, where it raises)."""
-    images, texts = F.normalize(images.float(), dim=-1), F.normalize(texts.float(), dim=-1)
-    scores = texts @ images.t()
-    positive_pairs = torch.zeros_like(scores, dtype=torch.bool)
-    positive_pairs[torch.arange(len(scores)), text_to_image] = True
-    nb_texts, nb_images = scores.shape
-    out = {}
-    for k in ks:
-        hits = _cb_recall_at_k(scores, positive_pairs, min(k, nb_images)) > 0
-        out[f"t2i_R@{k}"] = hits.float().mean().item()
-        hits = _cb_recall_at_k(scores.T, positive_pairs.T, min(k, nb_texts)) > 0
-        out[f"i2t_R@{k}"] = hits.float().mean().item()
-    return out
+def _cb_retrieval(images: torch.Tensor, texts: torch.Tensor, text_to_image: torch.Tensor, ks) -> dict[str, float]:
+    """CLIP_benchmark's numbers under this module's key names."""
+    ref = cb_retrieval(images, texts, text_to_image, ks)
+    return {name: ref[f"{cb}_retrieval_recall@{k}"] for k in ks
+            for name, cb in ((f"t2i_R@{k}", "image"), (f"i2t_R@{k}", "text"))}
 
 
 @pytest.mark.parametrize("ties", TIE_RULES)
@@ -319,21 +297,6 @@ def test_unknown_tie_rule_is_rejected_with_the_choices():
 # ----------------------------------------------------------------------------------------------------
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces, to check that no N x M score matrix is ever built."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.max_numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
-
-
 def test_chunked_tie_counting_stays_within_one_block():
     num_images, per_image, chunk = 300, 3, 16
     gen = torch.Generator().manual_seed(4)
@@ -341,7 +304,7 @@ def test_chunked_tie_counting_stays_within_one_block():
     texts = torch.randn(12, 8, generator=gen)[torch.randint(0, 12, (num_images * per_image,), generator=gen)]
     t2i = torch.arange(num_images).repeat_interleave(per_image)  # 12 distinct captions: ties in every query
     full = recall_at_k(images, texts, t2i)
-    with _LargestTensor() as probe:
+    with LargestTensor() as probe:
         chunked = recall_at_k(images, texts, t2i, chunk_size=chunk)
     assert chunked == full and full["i2t_tied_queries"] > 0
     assert probe.max_numel <= chunk * num_images * per_image
