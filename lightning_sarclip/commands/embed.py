@@ -69,9 +69,12 @@ def embed_images(
         ok = [i for i, error in enumerate(batch["error"]) if not error]
         errors += [(batch["path"][i], error) for i, error in enumerate(batch["error"]) if error]
         if ok:
-            features = loaded.encode_image(batch["image"][ok])
-            chunks.append(features.float().cpu().numpy())
-            paths += [batch["path"][i] for i in ok]
+            features = loaded.encode_image(batch["image"][ok]).float().cpu().numpy()
+            finite = np.isfinite(features).all(axis=1)  # a NaN/inf embedding is a failure, never a row of the table
+            errors += [(batch["path"][i], f"{batch['path'][i]}: the model produced a non-finite embedding")
+                       for i, good in zip(ok, finite, strict=True) if not good]
+            chunks.append(features[finite])
+            paths += [batch["path"][i] for i, good in zip(ok, finite, strict=True) if good]
     if not chunks:  # every file unreadable: an empty table that still has the model's embedding width
         dim = loaded.encode_image(torch.zeros(1, loaded.in_chans, loaded.image_size, loaded.image_size)).shape[1]
         return paths, np.zeros((0, int(dim)), np.float32), errors

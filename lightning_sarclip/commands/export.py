@@ -49,7 +49,7 @@ class ExportError(ValueError):
 def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(hyper_parameters, open_clip state_dict)`` of one of our ``.ckpt`` files (weights-only unpickling)."""
     checkpoint = read_checkpoint(path)
-    hparams = lightning_hyperparameters(checkpoint) or {}
+    hparams = lightning_hyperparameters(checkpoint, path) or {}
     if "model_name" not in hparams or not isinstance(checkpoint.get("state_dict"), dict):
         raise ExportError(f"{path}: not a lightning_sarclip checkpoint (no model_name hyper-parameter / state_dict)")
     state = {k[len(_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_PREFIX)}

@@ -17,8 +17,11 @@ A :class:`~lightning.pytorch.cli.LightningCLI` with the conventions of torchgeo'
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_sarclip.training  # noqa: F401  (datamodules, callbacks: class_path short names)
+from lightning_sarclip.models.checkpoints import CheckpointError, read_checkpoint
 from lightning_sarclip.training.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
 from lightning_sarclip.training.datamodules import SARDataModule
 from lightning_sarclip.training.module import SARCLIPModule
@@ -92,6 +96,32 @@ class SARCLIPCLI(LightningCLI):
         if config["preemption"].get("signals"):
             trainer["plugins"] = with_slurm_requeue_disabled(trainer["plugins"], trainer.get("strategy"))
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path``'s hyper-parameters with a bare ``torch.load``; a bad, truncated or
+        hostile file must give the package's :class:`CheckpointError` instead (the one checkpoint reader)."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception as err:
+            subcommand = self.config.get("subcommand")
+            path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if not path:
+                raise
+            read_checkpoint(path)  # a CheckpointError naming the file when it cannot be read at all
+            if isinstance(err, pickle.UnpicklingError):
+                raise CheckpointError(
+                    f"{path}: the checkpoint holds pickled Python objects outside its weights (Lightning reads its "
+                    "hyper-parameters to configure the run), which are not loaded because unpickling arbitrary "
+                    "objects can execute code"
+                ) from err
+            raise
+
+    def instantiate_classes(self) -> None:
+        """Check the data first (cheap), then build everything: a missing root or a misspelt source option must
+        not wait for the model and its pretrained weights (minutes for ViT-L) to be built."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_data_first(config.get("data"))
+        super().instantiate_classes()
+
     def before_fit(self) -> None:
         """``--ckpt_path last``: the newest of ``last.ckpt`` and Lightning's Slurm ``hpc_ckpt_*``, or a fresh start.
 
@@ -117,6 +147,26 @@ class SARCLIPCLI(LightningCLI):
         if trainer.is_global_zero:
             mark_finished(trainer.default_root_dir, global_step=trainer.global_step, epoch=trainer.current_epoch,
                           name=self.config_init["fit"].get("name"))
+
+
+def check_data_first(data: Any) -> None:
+    """Construct the configured datamodule alone and run its :meth:`SARDataModule.check_data`; a failure ends the
+    command with the message (exit status 2), not a traceback from inside ``setup``."""
+    class_path = getattr(data, "class_path", None) if data is not None else None
+    if not class_path:
+        return
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    init_args = data.get("init_args")
+    kwargs = init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args or {})
+    try:
+        datamodule = cls(**kwargs)
+        check = getattr(datamodule, "check_data", None)
+        if check is not None:
+            check()
+    except (OSError, ValueError) as err:  # DatasetNotFoundError, SourceFormatError, bad options and values
+        print(f"error: data ({class_name}): {err}", file=sys.stderr)
+        raise SystemExit(2) from err
 
 
 def fit_completed(trainer: Trainer) -> bool:

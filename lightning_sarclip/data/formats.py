@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lightning_sarclip.data.image import SARImage, SARReadError, kind_of_integer, register_format
+from lightning_sarclip.data.limits import check_image_pixels
 from lightning_sarclip.data.records import ImageRef
 
 # --------------------------------------------------------------------------------------------------- MSTAR raw
@@ -115,6 +116,7 @@ def read_mstar_raw(data: bytes, ref: ImageRef) -> SARImage:
     if part not in ("magnitude", "complex"):
         raise SARReadError(f"{ref.name}: option mstar_part: expected 'magnitude' or 'complex', got {part!r}")
     rows, cols = header["NumberOfRows"], header["NumberOfColumns"]
+    check_image_pixels(ref.name, rows, cols)
     offset = header["PhoenixHeaderLength"] + header["native_header_length"]
     if header["PhoenixHeaderLength"] < header["HeaderEnd"]:
         raise SARReadError(f"{ref.name}: MSTAR header field 'PhoenixHeaderLength' = {header['PhoenixHeaderLength']}"
@@ -148,14 +150,23 @@ def _is_hdf5(data: bytes) -> bool:
     return data[:8] == _HDF5_SIGNATURE or data[512:520] == _HDF5_SIGNATURE
 
 
-def _mat_v5_arrays(data: bytes) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat
+def _check_mat_shape(name: str, key: str, shape: tuple[int, ...]) -> None:
+    """Pixel limit for one MATLAB variable, from its declared shape (before its data is read or inflated)."""
+    if len(shape) >= 2:
+        dims = sorted((int(n) for n in shape), reverse=True)
+        check_image_pixels(f"{name} (variable {key!r})", dims[0], dims[1], int(np.prod(dims[2:], dtype=np.int64)))
 
+
+def _mat_v5_arrays(data: bytes, name: str) -> dict[str, np.ndarray]:
+    from scipy.io import loadmat, whosmat
+
+    for key, shape, _ in whosmat(io.BytesIO(data)):  # headers only: a compressed variable is not inflated here
+        _check_mat_shape(name, key, tuple(shape))
     raw = loadmat(io.BytesIO(data), squeeze_me=False)
     return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
 
 
-def _mat_v73_arrays(data: bytes) -> dict[str, np.ndarray]:
+def _mat_v73_arrays(data: bytes, name: str) -> dict[str, np.ndarray]:
     """Top-level numeric datasets of a v7.3 file, transposed back to MATLAB's (row, column, ...) order."""
     import h5py
 
@@ -169,6 +180,7 @@ def _mat_v73_arrays(data: bytes) -> dict[str, np.ndarray]:
             if matlab_class in ("char", "cell", "struct", "logical"):
                 out[key] = np.array(matlab_class)  # listed as a key, never picked as an image
                 continue
+            _check_mat_shape(name, key, tuple(item.shape))
             array = item[()]
             if array.dtype.names and {"real", "imag"} <= set(array.dtype.names):
                 array = array["real"] + 1j * array["imag"]
@@ -192,7 +204,7 @@ def _as_image_dtype(array: np.ndarray) -> np.ndarray:
 @register_format("mat", suffixes=(".mat",))
 def read_mat(data: bytes, ref: ImageRef) -> SARImage:
     """The image variable(s) of a MATLAB file; ``meta["mat_key"]`` says which were read."""
-    arrays = _mat_v73_arrays(data) if _is_hdf5(data) else _mat_v5_arrays(data)
+    arrays = _mat_v73_arrays(data, ref.name) if _is_hdf5(data) else _mat_v5_arrays(data, ref.name)
     keys = ref.option("mat_key")
     if keys is None:
         candidates = [k for k, v in arrays.items() if _is_image(v)]

@@ -25,11 +25,12 @@ class SARReadError(ValueError):
 
 @dataclass
 class SARImage:
-    """Pixels ``(H, W, C)`` and their meaning."""
+    """Pixels ``(H, W, C)``, their meaning, and the file they came from (``name``, for error messages)."""
 
     data: np.ndarray
     kind: str
     meta: dict[str, Any] = field(default_factory=dict)
+    name: str = "image"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

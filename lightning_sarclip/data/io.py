@@ -18,10 +18,14 @@ Value kinds:
 
 from __future__ import annotations
 
+import contextlib
 import io
+import shutil
+import tempfile
+import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO
 
 import numpy as np
 
@@ -36,10 +40,11 @@ from lightning_sarclip.data.image import (
     reader_for,
     register_format,
 )
+from lightning_sarclip.data.limits import check_image_pixels, check_member_bytes, get_limits
 from lightning_sarclip.data.records import MEMBER_SEP, ImageRef
 
-__all__ = ["KINDS", "SARImage", "SARReadError", "crop_window", "format_of", "list_formats", "read_bytes", "read_sar",
-           "register_format", "safe_member"]
+__all__ = ["KINDS", "SARImage", "SARReadError", "crop_window", "format_of", "list_formats", "open_member", "read_bytes",
+           "read_sar", "register_format", "safe_member"]
 
 def safe_member(member: str, archive: str) -> str:
     """Refuse archive member paths that are absolute or climb out with ``..`` (zip-slip)."""
@@ -49,31 +54,68 @@ def safe_member(member: str, archive: str) -> str:
     return str(path)
 
 
+#: nested archives up to this size are held in memory while open; larger ones are spooled to a temporary file
+SPOOL_IN_MEMORY_BYTES = 64 << 20
+
+
+def open_member(archive: zipfile.ZipFile, member: str, where: str) -> IO[bytes]:
+    """A seekable file object for ``member`` of ``archive``, for opening a *nested* zip without inflating it whole
+    into memory: a stored (uncompressed) member is read in place; a compressed one is inflated in chunks into a
+    temporary file that stays in memory up to :data:`SPOOL_IN_MEMORY_BYTES` and spills to disk beyond. The member's
+    uncompressed size is checked against ``max_member_bytes`` (:mod:`~lightning_sarclip.data.limits`) first.
+
+    ``where`` names the archive in errors (``outer.zip`` or ``outer.zip!/scene.zip``). The caller closes the result.
+    """
+    member = safe_member(member, where)
+    try:
+        info = archive.getinfo(member)
+    except KeyError as err:
+        raise SARReadError(f"{where}: archive has no member {member!r}") from err
+    check_member_bytes(f"{where}{MEMBER_SEP}{member}", info.file_size)
+    handle = archive.open(info)
+    if info.compress_type == zipfile.ZIP_STORED and handle.seekable():
+        return handle
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    try:
+        with handle:
+            shutil.copyfileobj(handle, spool, 1 << 20)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, where: str) -> bytes:
+    """The bytes of one member, its uncompressed size checked against ``max_member_bytes`` before inflating."""
+    try:
+        info = archive.getinfo(member)
+    except KeyError as err:
+        raise SARReadError(f"{where}: archive has no member {member!r}") from err
+    check_member_bytes(f"{where}{MEMBER_SEP}{member}", info.file_size)
+    return archive.read(info)
+
+
 def read_bytes(ref: ImageRef) -> bytes:
-    """The file's bytes, following ``member`` through nested zip archives."""
+    """The file's bytes, following ``member`` through nested zip archives (each member's size checked first;
+    nested archives are opened through :func:`open_member`, never inflated whole into memory)."""
     path = Path(ref.path)
     if not path.exists():
         raise SARReadError(f"image file not found: {path}")
     if not ref.member:
         return path.read_bytes()
-    data: bytes | None = None
-    container: Any = path
-    parts = ref.member.split(MEMBER_SEP)
+    parts = [safe_member(part, ref.path) for part in ref.member.split(MEMBER_SEP)]
     where = str(path)
-    for i, part in enumerate(parts):
-        part = safe_member(part, where)
+    with contextlib.ExitStack() as stack:
         try:
-            with zipfile.ZipFile(container) as archive:
-                data = archive.read(part)
-        except KeyError as err:
-            raise SARReadError(f"{where}: archive has no member {part!r}") from err
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            for part in parts[:-1]:
+                nested = stack.enter_context(open_member(archive, part, where))
+                where = f"{where}{MEMBER_SEP}{part}"
+                archive = stack.enter_context(zipfile.ZipFile(nested))
+            return _read_member(archive, parts[-1], where)
         except zipfile.BadZipFile as err:
             raise SARReadError(f"{where}: not a readable zip archive ({err})") from err
-        where = f"{where}{MEMBER_SEP}{part}"
-        if i < len(parts) - 1:
-            container = io.BytesIO(data)
-    assert data is not None
-    return data
 
 
 def read_sar(ref: ImageRef) -> SARImage:
@@ -87,6 +129,7 @@ def read_sar(ref: ImageRef) -> SARImage:
         raise
     except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the file's name
         raise SARReadError(f"{ref.name}: could not decode as {format_of(ref)} ({type(err).__name__}: {err})") from err
+    image.name = ref.name
     if ref.bands is not None:
         if max(ref.bands) >= image.channels:
             raise SARReadError(f"{ref.name}: asked for bands {ref.bands} but the image has {image.channels}")
@@ -110,7 +153,20 @@ def crop_window(data: np.ndarray, window: tuple[int, int, int, int], name: str =
 def _read_pillow(data: bytes, ref: ImageRef) -> SARImage:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    # One limit for every format: Pillow's own bomb check (at open: a warning over the limit, an error over twice
+    # the limit) follows ours, and ours runs on the header before load().
+    limit = get_limits().max_image_pixels
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise SARReadError(f"{ref.name}: the image is over the limit max_image_pixels = {limit:,} ({err}); if the file "
+                           "is trusted, raise it with SARCLIP_MAX_IMAGE_PIXELS or "
+                           "lightning_sarclip.data.limits.set_limits") from err
+    with image:
+        check_image_pixels(ref.name, image.size[1], image.size[0], len(image.getbands()))
         image.load()
         if image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
             image = image.convert("RGB")
@@ -127,16 +183,56 @@ def _is_grey(array: np.ndarray) -> bool:
     return bool(np.array_equal(array[:, :, 0], array[:, :, 1]) and np.array_equal(array[:, :, 0], array[:, :, 2]))
 
 
+#: ``ImageRef`` option ``band_axis``: where a 3-D raster keeps its bands when the file does not say.
+BAND_AXES = ("first", "last")
+#: page stacks up to this many pages are read as bands without being told (HH/HV/VH/VV at most)
+MAX_IMPLICIT_PAGE_BANDS = 4
+
+
+def band_axis_of_tiff(axes: str, shape: tuple[int, ...], ref: ImageRef) -> str | None:
+    """``"first"``/``"last"`` for a 3-D TIFF series, ``None`` for 2-D; refuses a shape the file leaves ambiguous.
+
+    tifffile names each axis: ``YXS`` is pixel-interleaved bands (band-last), ``SYX`` planar bands (band-first);
+    those are unambiguous. A leading ``Q``/``I``/``C``/``Z``... axis is a stack of pages, which a writer may have
+    meant as bands or not (``tifffile.imwrite`` of a ``(64, 64, 5)`` array without ``planarconfig`` writes 64 pages
+    of 64 x 5). Up to four pages are bands (polarisation channels); more must be stated with ``band_axis``.
+    """
+    stated = ref.option("band_axis")
+    if stated is not None and stated not in BAND_AXES:
+        raise SARReadError(f"{ref.name}: option band_axis: expected one of {BAND_AXES}, got {stated!r}")
+    if len(shape) == 2:
+        return None
+    if len(shape) != 3:
+        raise SARReadError(f"{ref.name}: expected a 2-D or 3-D raster, found a series of shape {shape} "
+                           f"(axes {axes!r})")
+    if stated is not None:
+        return stated
+    if axes.endswith("S"):
+        return "last"
+    if axes.startswith("S") or shape[0] <= MAX_IMPLICIT_PAGE_BANDS:
+        return "first"
+    raise SARReadError(
+        f"{ref.name}: ambiguous raster of shape {shape} (tifffile axes {axes!r}, a stack of {shape[0]} pages): "
+        f"the file does not say which axis holds the bands; set the ImageRef option band_axis to 'first' "
+        "(pages are bands) or 'last', or write the file with planarconfig 'separate' or 'contig'"
+    )
+
+
 @register_format("tiff", suffixes=(".tif", ".tiff"))
 def _read_tiff(data: bytes, ref: ImageRef) -> SARImage:
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        array = tif.asarray()
+        series = tif.series[0]
+        shape = tuple(int(n) for n in series.shape)
+        band_axis = band_axis_of_tiff(series.axes, shape, ref)
+        height, width = (shape[1:] if band_axis == "first" else shape[:2])
+        bands = 1 if band_axis is None else (shape[0] if band_axis == "first" else shape[2])
+        check_image_pixels(ref.name, height, width, bands)  # from the header, before any array is allocated
+        array = series.asarray()
         meta = {}
         if tif.is_geotiff:
             meta["geotiff"] = True
-    if array.ndim == 3 and array.shape[0] < array.shape[-1] and array.shape[0] <= 4:
-        array = np.moveaxis(array, 0, -1)  # band-first (C, H, W) rasters
+    if band_axis == "first":
+        array = np.moveaxis(array, 0, -1)
     return SARImage(array, kind_of_integer(array, ref.name), meta)
-

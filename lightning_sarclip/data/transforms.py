@@ -9,6 +9,11 @@ The three policies cover what SAR/RS CLIP codebases do:
   min-max, close to SARVLM's per-image min-max stretch);
 * :class:`IntegerScale` - 8/16-bit display images divided by their type's maximum (already-scaled chips).
 
+Every policy takes ``nonfinite``: what to do with NaN/inf pixel values (:data:`NONFINITE`). The default ``"error"``
+raises :class:`~lightning_sarclip.data.image.SARReadError` naming the file and the count; ``"zero"`` replaces them
+with 0 before the conversion and adds the count to ``image.meta["nonfinite_replaced"]`` (``build-corpus`` sums it).
+A policy never returns a non-finite value.
+
 Complex SLC data become amplitude first. :func:`to_model_channels` then picks or maps channels to ``in_chans``
 and :func:`resize_square` brings the image to the model's size. The model side (channel replication to RGB and
 normalisation) is :class:`~lightning_sarclip.models.sar_stem.SARInputAdapter`.
@@ -16,15 +21,51 @@ normalisation) is :class:`~lightning_sarclip.models.sar_stem.SARInputAdapter`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lightning_sarclip.data.io import SARImage
+from lightning_sarclip.data.io import SARImage, SARReadError
 
 _EPS = 1e-10
+#: values of every policy's ``nonfinite`` setting
+NONFINITE = ("error", "zero")
+#: values of ``IntegerScale(out_of_range=...)`` for float pixels outside [0, 1]
+OUT_OF_RANGE = ("error", "clip")
+
+
+def _check_choice(policy: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{policy}: {name} must be one of {choices}, got {value!r}")
+
+
+def finite_image(image: SARImage, nonfinite: str = "error") -> SARImage:
+    """``image`` with no NaN/inf values: refused (``"error"``) or replaced by 0 and counted (``"zero"``)."""
+    data = image.data
+    if data.dtype.kind not in "fc":
+        return image  # integers are always finite
+    bad = ~np.isfinite(data)
+    count = int(np.count_nonzero(bad))
+    if count == 0:
+        return image
+    if nonfinite != "zero":
+        raise SARReadError(
+            f"{image.name}: {count} of {data.size} pixel values are NaN or infinite; the conversion policy refuses "
+            "them (set the policy's nonfinite: zero to replace them with 0 and count them)"
+        )
+    image.meta["nonfinite_replaced"] = int(image.meta.get("nonfinite_replaced", 0)) + count
+    return SARImage(np.where(bad, np.zeros((), data.dtype), data), image.kind, image.meta, image.name)
+
+
+def _finite_output(out: np.ndarray, image: SARImage, policy: str) -> np.ndarray:
+    """The last guard: a conversion that produced NaN/inf from finite input (overflow) is an error, not an image."""
+    if not np.isfinite(out).all():
+        raise SARReadError(f"{image.name}: {policy} produced {int(np.count_nonzero(~np.isfinite(out)))} non-finite "
+                           f"values from finite {image.kind!r} pixels (overflow); choose another policy")
+    return out
 
 
 def to_db(image: SARImage) -> np.ndarray:
@@ -38,8 +79,8 @@ def to_db(image: SARImage) -> np.ndarray:
         return (20 * np.log10(np.abs(data.astype(np.float32)) + _EPS)).astype(np.float32)
     if image.kind == "intensity":
         return (10 * np.log10(np.maximum(data.astype(np.float32), 0) + _EPS)).astype(np.float32)
-    raise ValueError(
-        f"DBWindow: cannot convert {image.kind!r} pixels to dB; use IntegerScale for 8/16-bit images or "
+    raise SARReadError(
+        f"{image.name}: DBWindow: cannot convert {image.kind!r} pixels to dB; use IntegerScale for 8/16-bit images or "
         "PercentileStretch for floats of unknown meaning"
     )
 
@@ -50,11 +91,18 @@ class DBWindow:
 
     low_db: float = -25.0
     high_db: float = 5.0
+    nonfinite: str = "error"
+
+    def __post_init__(self) -> None:
+        _check_choice("DBWindow", "nonfinite", self.nonfinite, NONFINITE)
+        if not (math.isfinite(self.low_db) and math.isfinite(self.high_db) and self.low_db < self.high_db):
+            raise ValueError(f"DBWindow: expected finite low_db < high_db, got {self.low_db}, {self.high_db}")
 
     def __call__(self, image: SARImage) -> np.ndarray:
+        image = finite_image(image, self.nonfinite)
         db = to_db(image)
         unit = (db - self.low_db) / (self.high_db - self.low_db)
-        return np.clip(unit, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32)
+        return _finite_output(np.clip(unit, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32), image, "DBWindow")
 
 
 @dataclass(frozen=True)
@@ -64,8 +112,15 @@ class PercentileStretch:
     low: float = 1.0
     high: float = 99.0
     in_db: bool = True
+    nonfinite: str = "error"
+
+    def __post_init__(self) -> None:
+        _check_choice("PercentileStretch", "nonfinite", self.nonfinite, NONFINITE)
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(f"PercentileStretch: expected 0 <= low < high <= 100, got {self.low}, {self.high}")
 
     def __call__(self, image: SARImage) -> np.ndarray:
+        image = finite_image(image, self.nonfinite)
         if self.in_db and image.kind in ("amplitude", "intensity", "db", "complex"):
             data = to_db(image)
         else:
@@ -74,24 +129,55 @@ class PercentileStretch:
         lo = np.percentile(flat, self.low, axis=0)
         hi = np.percentile(flat, self.high, axis=0)
         scale = np.where(hi > lo, hi - lo, 1.0)
-        return np.clip((data - lo) / scale, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32)
+        out = np.clip((data - lo) / scale, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32)
+        return _finite_output(out, image, "PercentileStretch")
 
 
 @dataclass(frozen=True)
 class IntegerScale:
-    """uint8 / 16 by the type's maximum; floats already in [0, 1] are clipped (for pre-scaled rasters)."""
+    """Display integers by their type's maximum; floats that are already in [0, 1] as they are.
+
+    * ``uint8``/``uint16`` (and other unsigned integers) are divided by the type's maximum (255, 65535 ...).
+    * Signed integers (``int16`` rasters ...) are divided by their type's maximum (32767 ...) when no value is
+      negative; a negative value is an error (signed data is not a display image: use ``percentile``).
+    * Floats must lie in [0, 1] (pre-scaled rasters). Values outside are an error by default, because clipping
+      amplitudes of 0-500 to [0, 1] gives a white image; ``out_of_range: clip`` clips them on purpose.
+    * Complex data is refused (use ``db_window``).
+    """
+
+    nonfinite: str = "error"
+    out_of_range: str = "error"
+
+    def __post_init__(self) -> None:
+        _check_choice("IntegerScale", "nonfinite", self.nonfinite, NONFINITE)
+        _check_choice("IntegerScale", "out_of_range", self.out_of_range, OUT_OF_RANGE)
 
     def __call__(self, image: SARImage) -> np.ndarray:
+        image = finite_image(image, self.nonfinite)
         data = image.data
-        if image.kind == "uint8":
-            out = data.astype(np.float32) / 255.0
-        elif image.kind == "uint16":
-            out = data.astype(np.float32) / 65535.0
-        elif image.kind == "float":
-            out = np.clip(data.astype(np.float32), 0.0, 1.0)
+        if image.kind == "complex" or data.dtype.kind == "c":
+            raise SARReadError(f"{image.name}: IntegerScale: expected 8/16-bit or [0, 1] pixels, got complex "
+                               "samples; use the db_window policy")
+        if data.dtype.kind in "ui":
+            if data.dtype.kind == "i" and data.size and int(data.min()) < 0:
+                raise SARReadError(
+                    f"{image.name}: IntegerScale: signed {data.dtype} pixels with negative values (min "
+                    f"{int(data.min())}) are not display integers; use the percentile or db_window policy"
+                )
+            out = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
         else:
-            raise ValueError(f"IntegerScale: expected 8/16-bit pixels, got {image.kind!r}; use DBWindow")
-        return out.transpose(2, 0, 1)
+            out = data.astype(np.float32)
+            if out.size and (float(out.min()) < 0.0 or float(out.max()) > 1.0):
+                if self.out_of_range != "clip":
+                    outside = int(np.count_nonzero((out < 0.0) | (out > 1.0)))
+                    raise SARReadError(
+                        f"{image.name}: IntegerScale: {outside} of {out.size} float pixel values lie outside [0, 1] "
+                        f"(min {float(out.min()):.4g}, max {float(out.max()):.4g}); clipping would saturate them. "
+                        "Use the percentile or db_window policy for amplitudes/intensities, or set "
+                        "out_of_range: clip"
+                    )
+                out = np.clip(out, 0.0, 1.0)
+        return _finite_output(out.transpose(2, 0, 1), image, "IntegerScale")
 
 
 POLICIES = {"db_window": DBWindow, "percentile": PercentileStretch, "integer": IntegerScale}

@@ -260,13 +260,40 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     return _load_pickle(file)
 
 
-def lightning_hyperparameters(checkpoint: Any) -> dict[str, Any] | None:
-    """The hyper-parameters of one of our Lightning checkpoints (a dict naming ``model_name``), else ``None``."""
+def lightning_hyperparameters(checkpoint: Any, source: str | os.PathLike = "checkpoint") -> dict[str, Any] | None:
+    """The hyper-parameters of one of our Lightning checkpoints (a dict naming ``model_name``), else ``None``.
+
+    They build the model, so a value that was not loaded for safety (a pickled object :func:`read_checkpoint`
+    replaced by an inert placeholder) is a :class:`CheckpointError` naming ``source`` and the key.
+    """
     if not isinstance(checkpoint, Mapping):
         return None
     hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, _Placeholder):
+        raise _weights_only_error(os.fspath(source), [hparams.qualified_name])
     if isinstance(hparams, Mapping) and "model_name" in hparams:
+        for key, value in hparams.items():
+            found = _placeholder_in(value)
+            if found is not None:
+                raise CheckpointError(
+                    f"{os.fspath(source)}: hyper-parameter {key!r} holds a pickled Python object "
+                    f"({found.qualified_name}) that is not loaded, because unpickling arbitrary objects can execute "
+                    "code; the model cannot be built from these hyper-parameters"
+                )
         return dict(hparams)
+    return None
+
+
+def _placeholder_in(value: Any, depth: int = 0) -> _Placeholder | None:
+    if isinstance(value, _Placeholder):
+        return value
+    if depth < 8 and isinstance(value, Mapping):
+        value = list(value.values())
+    if depth < 8 and isinstance(value, list | tuple):
+        for item in value:
+            found = _placeholder_in(item, depth + 1)
+            if found is not None:
+                return found
     return None
 
 

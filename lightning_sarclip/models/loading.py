@@ -80,7 +80,7 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], 
     if not str(path).endswith(".ckpt") or not Path(path).is_file():
         return None
     checkpoint = read_checkpoint(path)
-    hparams = lightning_hyperparameters(checkpoint)
+    hparams = lightning_hyperparameters(checkpoint, path)
     return None if hparams is None else (hparams, checkpoint)
 
 

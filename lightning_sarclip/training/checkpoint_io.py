@@ -7,6 +7,7 @@
   new complete file, never a truncated one. Lightning's own ``TorchCheckpointIO`` writes through an fsspec
   transaction whose temporary file lives in the system temp folder: the final move is a copy (not atomic) when
   that folder is on another filesystem, and nothing is synced. Remote (non-local) paths keep Lightning's behaviour.
+* Reading goes through the package's one checkpoint reader (``weights_only``; a bad file is a ``CheckpointError``).
 * :class:`RunCheckpoint` is ``ModelCheckpoint`` plus two ``last.ckpt`` writes that ``ModelCheckpoint(save_top_k=0,
   save_last=True)`` leaves out: at the end of every training epoch and at the end of training. Without them a run
   that checkpoints every N steps ends with a ``last.ckpt`` up to N-1 steps old, and a run that checkpoints per
@@ -26,6 +27,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_sarclip.models.checkpoints import CheckpointError, read_checkpoint
 from lightning_sarclip.utils.atomic import atomic_torch_save
 
 __all__ = ["AtomicCheckpointIO", "RunCheckpoint", "atomic_torch_save", "with_atomic_checkpoint_io"]
@@ -39,6 +41,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: _PATH, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Local files go through the package's one checkpoint reader
+        (:func:`~lightning_sarclip.models.checkpoints.read_checkpoint`): ``weights_only`` loading always, and a bad,
+        truncated or hostile file is a :class:`CheckpointError` naming it (``--ckpt_path`` on ``fit`` included).
+        Tensors come back on the CPU; Lightning moves model and optimizer state to the device itself."""
+        if not _is_local_file_protocol(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        checkpoint = read_checkpoint(path)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(f"{path}: expected a Lightning training checkpoint (a dict with 'state_dict', "
+                                  "as fit writes to checkpoints/last.ckpt); to start from plain weights use "
+                                  "--model.init_args.pretrained <file> instead of --ckpt_path")
+        return checkpoint
 
 
 class RunCheckpoint(ModelCheckpoint):

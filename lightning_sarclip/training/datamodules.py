@@ -19,6 +19,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -160,6 +161,11 @@ class SARDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.datasets: dict[str, Dataset] = {}
         self._tokenizer: Callable[..., torch.Tensor] | None = None
+
+    def check_data(self) -> None:
+        """Cheap checks that the data exists and the settings are valid (roots, sources, options), without
+        reading pixels. ``fit`` calls this before it builds the model, so a typo costs seconds, not the minutes of
+        loading pretrained weights. Subclasses override it; the base has nothing to check."""
 
     # ------------------------------------------------------------------ datasets
     def dataset_kwargs_for(self, split: str) -> dict[str, Any]:
@@ -340,6 +346,11 @@ class SourceDataModule(SARDataModule):
         self._records: dict[str, list] | None = None
         self._classnames: list[str] | None = None
 
+    def check_data(self) -> None:
+        """The reader is constructed (root exists and holds a known layout, options are the reader's own) and its
+        conversion policy is built."""
+        _ = self.listing
+
     @property
     def listing(self) -> SourceListing:
         """The source listed once (all splits): reader instance, policy, class names, caption vocabulary."""
@@ -425,6 +436,20 @@ class CorpusDataModule(SARDataModule):
         self.source_weights = dict(source_weights or {}) or None
         self.samples_per_epoch = samples_per_epoch
         self.seed = seed
+
+    def check_data(self) -> None:
+        """The corpus folder holds the manifest (or the variant's) that ``build-corpus`` writes."""
+        root = Path(self.dataset_kwargs["root"])
+        variant = self.dataset_kwargs["variant"]
+        manifest = root / "variants" / f"{variant}.parquet" if variant else root / "manifest.parquet"
+        if manifest.is_file():
+            return
+        if not root.is_dir():
+            raise FileNotFoundError(f"corpus root not found: {root} (build it with `python -m lightning_sarclip "
+                                    "build-corpus --config ...`)")
+        known = sorted(p.stem for p in (root / "variants").glob("*.parquet"))
+        raise FileNotFoundError(f"{manifest} not found: {root} is not a finished corpus build"
+                                + (f" (variants: {known})" if variant else ""))
 
     def train_seed(self) -> int:
         """The ``seed`` argument: it fixes the mixing draws, the captions and the augmentation of every epoch."""

@@ -380,7 +380,7 @@ class ZeroShotPredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         ckpt_path = getattr(trainer, "ckpt_path", None)
         if ckpt_path and Path(ckpt_path).is_file():
-            hparams = lightning_hyperparameters(read_checkpoint(ckpt_path)) or {}
+            hparams = lightning_hyperparameters(read_checkpoint(ckpt_path), ckpt_path) or {}
             problems = checkpoint_mismatches(hparams, pl_module)
             if problems:
                 raise ValueError(f"the model does not match checkpoint {ckpt_path}: " + "; ".join(problems))
@@ -410,8 +410,11 @@ class ZeroShotPredictionWriter(BasePredictionWriter):
         probs = zeroshot_logits(outputs["image_features"], self.classifier).softmax(dim=-1)
         scores, labels = probs.topk(self.k, dim=-1)
         indices = outputs.get("index", batch["index"]).tolist()
+        finite = torch.isfinite(probs).all(dim=-1).tolist()
         for i, index in enumerate(indices):
             error = batch["error"][i]
+            if not error and not finite[i]:  # a NaN/inf score is a failed row, never a prediction
+                error = f"{batch['path'][i]}: the model produced non-finite scores"
             self.rows.append({
                 "dataloader": dataloader_idx,
                 "index": int(index),
