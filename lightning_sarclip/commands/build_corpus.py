@@ -1,7 +1,10 @@
 """``python -m lightning_sarclip build-corpus --config experiments/corpus/<name>.yaml``: build an image-text corpus.
 
 Parses the config (stackable ``--config`` files, ``--field value`` overrides, OmegaConf interpolation) into a
-:class:`~lightning_sarclip.data.corpus.CorpusConfig` and runs :func:`~lightning_sarclip.data.corpus.build_corpus`.
+:class:`~lightning_sarclip.data.corpus.CorpusConfig` and runs :func:`~lightning_sarclip.data.corpus.build_corpus`,
+which checks the whole config and lists every source before it writes anything. A config's problems (all of
+them) and a resume refused because the sources changed end the command with their message, not a traceback:
+they are the user's to fix, not the program's.
 """
 
 from __future__ import annotations
@@ -10,7 +13,13 @@ import logging
 from typing import Any
 
 from lightning_sarclip.commands.config import parse_dataclass_config
-from lightning_sarclip.data.corpus import CorpusConfig, build_corpus, stats_markdown
+from lightning_sarclip.data.corpus import (
+    CorpusConfig,
+    CorpusConfigError,
+    SourceChangedError,
+    build_corpus,
+    stats_markdown,
+)
 
 
 def config_from_args(args: list[str]) -> CorpusConfig:
@@ -18,11 +27,20 @@ def config_from_args(args: list[str]) -> CorpusConfig:
     return parse_dataclass_config(CorpusConfig, args, "python -m lightning_sarclip build-corpus")
 
 
+def status_line(summary: dict[str, Any]) -> str:
+    """The one-line result: counts, decisions, variants, replaced non-finite pixels and the output folder."""
+    return (f"{summary['images']} images, {summary['pairs']} pairs, status {summary['status']}, "
+            f"variants {summary['variants']}, {summary['nonfinite_pixels_replaced']} non-finite pixels replaced "
+            f"-> {summary['output']}")
+
+
 def main(args: list[str]) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = config_from_args(args)
-    summary = build_corpus(config)
+    try:
+        summary = build_corpus(config)
+    except (CorpusConfigError, SourceChangedError) as err:
+        raise SystemExit(f"build-corpus: {err}") from err
     print(stats_markdown(summary["stats"]), end="")
-    print(f"{summary['images']} images, {summary['pairs']} pairs, status {summary['status']}, "
-          f"variants {summary['variants']} -> {summary['output']}")
+    print(status_line(summary))
     return summary

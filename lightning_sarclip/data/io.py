@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -43,7 +44,7 @@ from lightning_sarclip.data.image import (
 from lightning_sarclip.data.limits import check_image_pixels, check_member_bytes, get_limits
 from lightning_sarclip.data.records import MEMBER_SEP, ImageRef
 
-__all__ = ["KINDS", "SARImage", "SARReadError", "crop_window", "format_of", "list_formats", "open_member", "read_bytes",
+__all__ = ["KINDS", "SARImage", "SARReadError", "crop_window", "format_of", "list_formats", "open_member", "read_bytes", "ZIP_ERRORS",
            "read_sar", "register_format", "safe_member"]
 
 def safe_member(member: str, archive: str) -> str:
@@ -53,6 +54,10 @@ def safe_member(member: str, archive: str) -> str:
         raise SARReadError(f"{archive}: refusing unsafe archive member path {member!r}")
     return str(path)
 
+
+#: what ``zipfile`` raises on a damaged archive (bad offsets seek before the start: ``OSError``; bad compressed data:
+#: ``zlib.error``; an unsupported method or encryption: ``NotImplementedError``/``RuntimeError``)
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, RuntimeError)
 
 #: nested archives up to this size are held in memory while open; larger ones are spooled to a temporary file
 SPOOL_IN_MEMORY_BYTES = 64 << 20
@@ -114,8 +119,8 @@ def read_bytes(ref: ImageRef) -> bytes:
                 where = f"{where}{MEMBER_SEP}{part}"
                 archive = stack.enter_context(zipfile.ZipFile(nested))
             return _read_member(archive, parts[-1], where)
-        except zipfile.BadZipFile as err:
-            raise SARReadError(f"{where}: not a readable zip archive ({err})") from err
+        except ZIP_ERRORS as err:
+            raise SARReadError(f"{where}: not a readable zip archive ({type(err).__name__}: {err})") from err
 
 
 def read_sar(ref: ImageRef) -> SARImage:
