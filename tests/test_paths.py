@@ -458,7 +458,8 @@ def test_real_raw_mstar_chip_reads_through_the_datamodule(tmp_path):
     cd = tmp_path / "MSTAR_PUBLIC_TARGETS_CHIPS_T72_BMP2_BTR70_SLICY" / "TARGETS" / "TEST" / "15_DEG" / "SLICY"
     cd.mkdir(parents=True)
     (cd / RAW_MSTAR.name).symlink_to(RAW_MSTAR)
-    options = {"layout": "sdms", "protocol": "all"}  # SLICY is no SOC class: only protocol 'all' keeps it
+    # SLICY is no SOC class: only protocol 'all' keeps it. The link leads outside the root: allowed by name.
+    options = {"layout": "sdms", "protocol": "all", "allowed_roots": [str(RAW_MSTAR.parent)]}
     dm = SourceDataModule(source="mstar", root=str(tmp_path), source_options=options, image_size=SIZE,
                           in_chans=CHANS, tokenizer=TEST_ARCH, eval_batch_size=1)
     with pytest.raises(ValueError, match="corpus builder"):
@@ -480,6 +481,7 @@ def test_real_raw_mstar_chip_reads_through_the_datamodule(tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert torch.equal(batch["image"][0], image)
     # Under the SOC protocol the calibration target is skipped, so the source has no records at all.
-    soc = SourceDataModule(source="mstar", root=str(tmp_path), source_options={"layout": "sdms"}, image_size=SIZE)
+    soc = SourceDataModule(source="mstar", root=str(tmp_path), image_size=SIZE,
+                           source_options={"layout": "sdms", "allowed_roots": [str(RAW_MSTAR.parent)]})
     with pytest.raises(ValueError, match="has no records"):
         soc.setup("test")

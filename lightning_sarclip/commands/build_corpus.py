@@ -1,8 +1,9 @@
 """``python -m lightning_sarclip build-corpus --config experiments/corpus/<name>.yaml``: build an image-text corpus.
 
 Parses the config (stackable ``--config`` files, ``--field value`` overrides, OmegaConf interpolation) into a
-:class:`~lightning_sarclip.data.corpus.CorpusConfig` and runs :func:`~lightning_sarclip.data.corpus.build_corpus`,
-which checks the whole config and lists every source before it writes anything. A config's problems (all of
+:class:`~lightning_sarclip.data.corpus_config.CorpusConfig` and runs
+:func:`~lightning_sarclip.data.corpus.build_corpus`, which checks the whole config and lists every source before it
+writes anything. A config's problems (all of
 them) and a resume refused because the sources changed end the command with their message, not a traceback:
 they are the user's to fix, not the program's.
 """
@@ -13,13 +14,9 @@ import logging
 from typing import Any
 
 from lightning_sarclip.commands.config import parse_dataclass_config
-from lightning_sarclip.data.corpus import (
-    CorpusConfig,
-    CorpusConfigError,
-    SourceChangedError,
-    build_corpus,
-    stats_markdown,
-)
+from lightning_sarclip.data.corpus import build_corpus, stats_markdown
+from lightning_sarclip.data.corpus_config import CorpusConfig, CorpusConfigError
+from lightning_sarclip.data.corpus_resume import SourceChangedError
 
 
 def config_from_args(args: list[str]) -> CorpusConfig:

@@ -118,8 +118,8 @@ class SARCLIPCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """Check the data first (cheap), then build everything: a missing root or a misspelt source option must
         not wait for the model and its pretrained weights (minutes for ViT-L) to be built."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        check_data_first(config.get("data"))
+        if self.subcommand:  # a run; ``run=False`` (building the objects to inspect them) checks nothing
+            check_data_first(self.config[self.subcommand].get("data"))
         super().instantiate_classes()
 
     def before_fit(self) -> None:

@@ -77,6 +77,9 @@ def open_member(archive: zipfile.ZipFile, member: str, where: str) -> IO[bytes]:
     except KeyError as err:
         raise SARReadError(f"{where}: archive has no member {member!r}") from err
     check_member_bytes(f"{where}{MEMBER_SEP}{member}", info.file_size)
+    window = _stored_member_window(archive, info)
+    if window is not None:
+        return window
     handle = archive.open(info)
     if info.compress_type == zipfile.ZIP_STORED and handle.seekable():
         return handle
@@ -89,6 +92,64 @@ def open_member(archive: zipfile.ZipFile, member: str, where: str) -> IO[bytes]:
         raise
     spool.seek(0)
     return spool
+
+
+class _FileWindow(io.RawIOBase):
+    """Bytes ``start .. start + size`` of a file on disk as a seekable file of their own (a stored zip member).
+
+    Python 3.11's member handle re-reads a stored member from its start on every backward seek, and a zip reader
+    seeks back and forth (central directory at the end, members before it); a window seeks in the file itself.
+    """
+
+    def __init__(self, path: str, start: int, size: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._start, self._size, self._pos = start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise OSError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self._size - self._pos)
+        if count <= 0:
+            return 0
+        self._file.seek(self._start + self._pos)
+        data = self._file.read(count)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+def _stored_member_window(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> IO[bytes] | None:
+    """A window on a stored, unencrypted member of a zip that is a file on disk; ``None`` otherwise."""
+    path = archive.filename
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or not path or not Path(path).is_file():
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset)
+        header = handle.read(30)  # the member's local header: signature, ..., name length, extra length
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        return None  # let zipfile report the damage
+    start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    return io.BufferedReader(_FileWindow(path, start, info.file_size), buffer_size=1 << 16)
 
 
 def _read_member(archive: zipfile.ZipFile, member: str, where: str) -> bytes:
@@ -135,6 +196,8 @@ def read_sar(ref: ImageRef) -> SARImage:
     except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the file's name
         raise SARReadError(f"{ref.name}: could not decode as {format_of(ref)} ({type(err).__name__}: {err})") from err
     image.name = ref.name
+    if image.data.size == 0:
+        raise SARReadError(f"{ref.name}: the file holds an empty image (shape {image.data.shape})")
     if ref.bands is not None:
         if max(ref.bands) >= image.channels:
             raise SARReadError(f"{ref.name}: asked for bands {ref.bands} but the image has {image.channels}")

@@ -79,6 +79,21 @@ def read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def integer_id(value: Any, file: str | Path, field_name: str) -> int:
+    """A COCO id: an integer, or text/float holding one (``"7"``, ``7.0``); anything else names file and field."""
+    if isinstance(value, bool):
+        raise SourceFormatError(file, field_name, "an integer id", value)
+    if isinstance(value, int):
+        return value
+    try:
+        number_value = float(str(value).strip())
+    except (TypeError, ValueError):
+        raise SourceFormatError(file, field_name, "an integer id", value) from None
+    if not number_value.is_integer():
+        raise SourceFormatError(file, field_name, "an integer id", value)
+    return int(number_value)
+
+
 def number(text: Any, file: str | Path, field_name: str) -> float:
     try:
         value = float(str(text).strip())
@@ -203,40 +218,58 @@ def parse_coco(path: Path, classnames: Iterable[str], skip: SkipFn) -> list[Coco
     known = set(classnames)
     names: dict[int, str] = {}
     for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            raise SourceFormatError(path, f"categories[{i}]", "an object with 'id' and 'name'", cat)
+        if not isinstance(cat, dict) or "id" not in cat or not isinstance(cat.get("name"), str):
+            raise SourceFormatError(path, f"categories[{i}]", "an object with 'id' and a 'name' text", cat)
         if cat["name"] not in known:
             raise SourceFormatError(path, f"categories[{i}].name", f"one of {sorted(known)}", cat["name"])
-        names[int(cat["id"])] = str(cat["name"])
-    images: dict[int, CocoImage] = {}
-    for i, entry in enumerate(data["images"]):
-        if not isinstance(entry, dict) or "id" not in entry or not entry.get("file_name"):
-            raise SourceFormatError(path, f"images[{i}]", "an object with 'id' and 'file_name'", entry)
-        width = int(number(entry["width"], path, f"images[{i}].width")) if "width" in entry else None
-        height = int(number(entry["height"], path, f"images[{i}].height")) if "height" in entry else None
-        extra = {k: v for k, v in entry.items() if k not in _COCO_IMAGE_KEYS and isinstance(v, (str, int, float))}
-        image = CocoImage(int(entry["id"]), str(entry["file_name"]), width, height, extra=extra)
-        if image.id in images:
-            raise SourceFormatError(path, f"images[{i}].id", "unique image ids", image.id)
-        images[image.id] = image
+        names[integer_id(cat["id"], path, f"categories[{i}].id")] = str(cat["name"])
+    images = _coco_images(path, data["images"])
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
         if not isinstance(ann, dict):
             raise SourceFormatError(path, where, "an object", ann)
-        image = images.get(int(ann.get("image_id", -1)))
+        if "image_id" not in ann:
+            raise SourceFormatError(path, f"{where}.image_id", "the id of an entry in 'images'")
+        image = images.get(integer_id(ann["image_id"], path, f"{where}.image_id"))
         if image is None:
             raise SourceFormatError(path, f"{where}.image_id", "the id of an entry in 'images'", ann.get("image_id"))
         category = ann.get("category_id")
-        if category is None or int(category) not in names:
+        if category is None or integer_id(category, path, f"{where}.category_id") not in names:
             raise SourceFormatError(path, f"{where}.category_id", f"one of the category ids {sorted(names)}", category)
         if ann.get("ignore") or ann.get("iscrowd"):
             skip("ignored annotation left out", path)
             continue
         x0, y0, x1, y1 = _coco_extent(ann, path, where)
-        box = axis_box(names[int(category)], x0, y0, x1, y1, size=image.size, file=path, skip=skip)
+        label = names[integer_id(category, path, f"{where}.category_id")]
+        box = axis_box(label, x0, y0, x1, y1, size=image.size, file=path, skip=skip)
         if box is not None:
             image.boxes.append(box)
     return list(images.values())
+
+
+def _coco_images(path: Path, entries: list) -> dict[int, CocoImage]:
+    """``id -> image`` of the ``images`` list. Ids and file names must be unique: one file under two ids would give
+    two records that each hold part of its boxes (no released dataset is known to do this, so it is refused)."""
+    images: dict[int, CocoImage] = {}
+    by_name: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "id" not in entry or not entry.get("file_name"):
+            raise SourceFormatError(path, f"images[{i}]", "an object with 'id' and 'file_name'", entry)
+        width = int(number(entry["width"], path, f"images[{i}].width")) if "width" in entry else None
+        height = int(number(entry["height"], path, f"images[{i}].height")) if "height" in entry else None
+        extra = {k: v for k, v in entry.items() if k not in _COCO_IMAGE_KEYS and isinstance(v, (str, int, float))}
+        image = CocoImage(integer_id(entry["id"], path, f"images[{i}].id"), str(entry["file_name"]), width, height,
+                          extra=extra)
+        if image.id in images:
+            raise SourceFormatError(path, f"images[{i}].id", "unique image ids", image.id)
+        name = image.file_name.replace("\\", "/")
+        if name in by_name:
+            raise SourceFormatError(path, f"images[{i}].file_name",
+                                    f"each file_name once (also the file of image id {by_name[name]})",
+                                    f"{image.file_name!r} under image ids {by_name[name]} and {image.id}")
+        by_name[name] = image.id
+        images[image.id] = image
+    return images
 
 
 def _coco_extent(ann: dict, path: Path, where: str) -> tuple[float, float, float, float]:

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from lightning_sarclip.data.formats import read_mat  # noqa: F401  (importing it registers the mat format)
 from lightning_sarclip.data.records import Box, ImageRef, SARRecord
+from lightning_sarclip.data.sources._metadata import (
+    ANGLE_0_90,
+    ANGLE_0_360,
+    POSITIVE,
+    NumberRange,
+    checked_number,
+)
 from lightning_sarclip.data.sources.base import (
     DatasetNotFoundError,
     SARSource,
@@ -48,12 +55,12 @@ PRODUCTS = {"ground_range": (".tif", ".tiff"), "slant_range": (".mat",)}
 SLANT_KEYS = ("data_hh", "data_hv", "data_vh", "data_vv")
 _SPLIT = re.compile(r"^(train|test)(?:_(.+))?$")
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(?:m|°|deg)?\s*$")
-#: Sensor fields of the XML -> (metadata key, numeric).
-_SENSOR_FIELDS = {
-    "platform": ("platform", False), "imaging_mode": ("imaging_mode", False), "band": ("band", False),
-    "polarization": ("polarization", False), "range_resolution": ("range_resolution_m", True),
-    "cross_range_resolution": ("cross_range_resolution_m", True), "depression_angle": ("depression_deg", True),
-    "target_azimuth_angle": ("azimuth_deg", True),
+#: Sensor fields of the XML -> (metadata key, valid range; ``None`` for text). Numbers out of range are left out.
+_SENSOR_FIELDS: dict[str, tuple[str, NumberRange | None]] = {
+    "platform": ("platform", None), "imaging_mode": ("imaging_mode", None), "band": ("band", None),
+    "polarization": ("polarization", None), "range_resolution": ("range_resolution_m", POSITIVE),
+    "cross_range_resolution": ("cross_range_resolution_m", POSITIVE), "depression_angle": ("depression_deg", ANGLE_0_90),
+    "target_azimuth_angle": ("azimuth_deg", ANGLE_0_360),
 }
 _SIZE_FIELDS = {"length": "length_m", "width": "width_m", "height": "height_m"}
 
@@ -80,6 +87,7 @@ class ATRNetSTAR(SARSource):
         split: ``train``, ``test`` or ``all``.
         setting: which re-slicing to read; ``SOC_40classes`` covers every chip once.
         product: ``ground_range`` (uint8 ``.tif``), ``slant_range`` (complex ``.mat``) or ``None`` to detect it.
+        allowed_roots: folders outside ``root`` that symlinks may lead to (``SARSource.contained``).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
@@ -91,8 +99,8 @@ class ATRNetSTAR(SARSource):
     )
 
     def __init__(self, root: str | Path, split: str = "train", setting: str = "SOC_40classes",
-                 product: str | None = None) -> None:
-        super().__init__(root, split)
+                 product: str | None = None, *, allowed_roots: Sequence[str | Path] = ()) -> None:
+        super().__init__(root, split, allowed_roots=allowed_roots)
         if setting == "SOC_50classes":
             raise ValueError("atrnet_star: SOC_50classes adds the 10 MSTAR classes; read MSTAR with the 'mstar' "
                              "source and ATRNet-STAR with setting='SOC_40classes'")
@@ -161,7 +169,7 @@ class ATRNetSTAR(SARSource):
                 raise SourceFormatError(xmls[stem], "image", f"a same-stem {'/'.join(image_suffixes)} chip next to it")
             if stem not in xmls:
                 raise SourceFormatError(images[stem], "annotation", "a same-stem .xml next to it")
-            yield self._record(images[stem], xmls[stem], split, subset)
+            yield self._record(self.contained(images[stem]), self.contained(xmls[stem]), split, subset)
 
     def _record(self, image: Path, xml: Path, split: str, subset: str | None) -> SARRecord:
         try:
@@ -214,7 +222,7 @@ class ATRNetSTAR(SARSource):
             meta["target_id"] = int(_number(xml, "object/target_id", target_id))
         for tag, key in _SIZE_FIELDS.items():
             if (value := _text(obj, tag)) is not None:
-                meta[key] = _number(xml, f"object/{tag}", value)
+                self._describing(meta, key, xml, f"object/{tag}", _number(xml, f"object/{tag}", value), POSITIVE)
         corners = {tag: _text(obj, tag) for tag in ("xmin", "ymin", "xmax", "ymax")}
         box = None
         if any(value is not None for value in corners.values()):
@@ -228,11 +236,22 @@ class ATRNetSTAR(SARSource):
         if (scene := _text(tree.find("scene"), "scene_name")) is not None:
             metadata["scene"] = scene
         sensor = tree.find("sensor")
-        for tag, (key, numeric) in _SENSOR_FIELDS.items():
+        for tag, (key, valid) in _SENSOR_FIELDS.items():
             value = _text(sensor, tag)
-            if value is not None:
-                metadata[key] = _number(xml, f"sensor/{tag}", value) if numeric else value
+            if value is None:
+                continue
+            if valid is None:
+                metadata[key] = value
+            else:
+                self._describing(metadata, key, xml, f"sensor/{tag}", _number(xml, f"sensor/{tag}", value), valid)
         if "band" in metadata:
             metadata["band"] = {"KU": "Ku", "X": "X"}.get(metadata["band"].upper(), metadata["band"])
         if "range_resolution_m" in metadata:
             metadata["resolution_m"] = metadata["range_resolution_m"]
+
+    def _describing(self, metadata: dict[str, Any], key: str, xml: Path, field: str, value: float,
+                    valid: NumberRange) -> None:
+        """Put a caption number into ``metadata`` when it lies in ``valid``; otherwise leave it out (counted)."""
+        checked = checked_number(value, field, valid, file=xml, skip=self.skip)
+        if checked is not None:
+            metadata[key] = checked

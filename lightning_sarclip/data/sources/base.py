@@ -5,13 +5,19 @@ A source reads a dataset root **in the layout its owners distribute** and yields
 a missing root or an unrecognised layout raises :class:`DatasetNotFoundError` naming the expected tree, and a
 malformed file raises :class:`SourceFormatError` naming the file, the field and what was expected, except the
 quirks the data card lists as known, which are skipped and counted in ``skipped`` (logged at the end).
+
+Path policy (one for every reader): every file a reader opens or yields must really lie inside ``root`` (after
+following symlinks) or inside one of the folders the user names in ``allowed_roots``. A symlink in a downloaded tree
+that points elsewhere (``/etc``, the user's home) is refused with a :class:`SourceFormatError` naming the link, its
+target and the option, instead of being followed silently. ``root`` itself may be a symlink.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,6 +79,8 @@ class SARSource:
     Args:
         root: the folder the user downloaded/unpacked (the data card shows the expected tree).
         split: one of ``splits``; ``"all"`` yields every split.
+        allowed_roots: further folders whose files may be read through symlinks (or paths in annotation files)
+            that leave ``root``; see :meth:`contained`.
     """
 
     name: ClassVar[str] = ""
@@ -86,7 +94,7 @@ class SARSource:
     #: class label -> the noun captions use, for labels that are modifiers alone ("Cargo" -> "cargo ship").
     caption_nouns: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, root: str | Path, split: str = "train") -> None:
+    def __init__(self, root: str | Path, split: str = "train", *, allowed_roots: Sequence[str | Path] = ()) -> None:
         self.root = Path(root).expanduser()
         if split != "all" and split not in self.splits:
             raise ValueError(f"{self.name}: split must be one of {self.splits} or 'all', got {split!r}")
@@ -94,6 +102,12 @@ class SARSource:
         self.skipped: Counter[str] = Counter()
         if not self.root.exists():
             raise DatasetNotFoundError(f"{self.name}: dataset root not found: {self.root}. {self.expected_layout()}")
+        self.allowed_roots = _allowed_roots(allowed_roots, self.name)
+        # Resolved once: subclasses may move ``self.root`` to a wrapper folder, the policy stays the user's root. A
+        # root that is a file (a table) trusts the folder it was named in.
+        base = self.root if self.root.is_dir() else self.root.parent
+        self._trusted = (base.resolve(), *(p.resolve() for p in self.allowed_roots))
+        self._real_dirs: dict[Path, Path] = {}  # folder -> its real path, so a file costs one lstat, not one per part
 
     @classmethod
     def expected_layout(cls) -> str:
@@ -104,6 +118,64 @@ class SARSource:
         """Count (and log at debug level) a known quirk that is skipped instead of failing."""
         self.skipped[reason] += 1
         log.debug("%s: skipping %s (%s)", self.name, file, reason)
+
+    def contained(self, path: str | Path, field: str = "<path>", referenced_by: str | Path | None = None) -> Path:
+        """``path`` itself when its real location (symlinks followed) lies inside ``root`` or an allowed root.
+
+        Call it on every file the reader opens or yields (and on folders it walks through symlinks). ``field`` and
+        ``referenced_by`` name where the path came from when an annotation file named it (a COCO ``file_name``, a
+        table cell); the error then names that file, the path as written and where it really points.
+        """
+        path = Path(path)
+        try:
+            real = self._real_path(path)
+        except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, a NUL byte in a table cell
+            raise SourceFormatError(referenced_by if referenced_by is not None else path, field,
+                                    "a path that resolves (no NUL byte, no symlink loop)",
+                                    f"{path} ({type(err).__name__}: {err})") from err
+        self._refuse_outside(path, real, field, referenced_by)
+        return path
+
+    def _real_path(self, path: Path) -> Path:
+        """``path.resolve()``, with the folder's resolution cached: the thousands of files of one folder share it."""
+        if path.name in ("", "..") or os.path.islink(path):
+            return path.resolve()
+        folder = path.parent
+        real = self._real_dirs.get(folder)
+        if real is None:
+            real = self._real_dirs[folder] = folder.resolve()
+        return real / path.name
+
+    def _refuse_outside(self, path: Path, real: Path, field: str, referenced_by: str | Path | None) -> None:
+        if any(real.is_relative_to(trusted) for trusted in self._trusted):
+            return
+        allowed = f" or in allowed_roots {[str(p) for p in self._trusted[1:]]}" if len(self._trusted) > 1 else ""
+        raise SourceFormatError(
+            referenced_by if referenced_by is not None else path, field,
+            f"a path inside the dataset root {self._trusted[0]}{allowed}; to read it anyway pass "
+            f"allowed_roots=[{str(real.parent)!r}]",
+            f"{path} -> {real}",
+        )
+
+    def walk(self, top: str | Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+        """``os.walk(top)`` (sorted) that follows symlinked folders like the rest of the reader does, refuses one
+        that leads outside the allowed roots (:meth:`contained`) and visits each real folder once (no loops).
+
+        The caller may prune ``dirnames`` in place, as with ``os.walk``.
+        """
+        visited: set[Path] = set()
+        for folder, dirnames, filenames in os.walk(top, followlinks=True):
+            here = Path(folder)
+            real = here.resolve()
+            self._refuse_outside(here, real, "<folder>", None)
+            if real in visited:  # a symlink back to a folder already read: reading it again would loop
+                self.skip("folder reached twice through a symlink", here)
+                dirnames[:] = []
+                continue
+            visited.add(real)
+            dirnames.sort()
+            filenames.sort()
+            yield here, dirnames, filenames
 
     def records(self) -> Iterator[SARRecord]:
         """Yield this split's records; logs the skip counts at the end."""
@@ -116,3 +188,16 @@ class SARSource:
 
     def wants(self, split: str) -> bool:
         return self.split == "all" or self.split == split
+
+
+def _allowed_roots(roots: Sequence[str | Path] | None, name: str) -> tuple[Path, ...]:
+    """The ``allowed_roots`` option as paths; a lone string (a common config slip) is refused, not split."""
+    if roots is None:  # ``allowed_roots: null`` in a config
+        return ()
+    if isinstance(roots, (str, os.PathLike)):
+        raise ValueError(f"{name}: allowed_roots must be a list of folders, got the single value {roots!r}")
+    paths = tuple(Path(p).expanduser() for p in roots)
+    for path in paths:
+        if not path.is_dir():
+            raise ValueError(f"{name}: allowed_roots: {path} is not an existing folder")
+    return paths

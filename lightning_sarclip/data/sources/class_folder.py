@@ -12,7 +12,7 @@ like ``bulk_carrier`` read as "bulk carrier").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,7 +21,6 @@ from lightning_sarclip.data.records import ImageRef, SARRecord
 from lightning_sarclip.data.sources.base import (
     DatasetNotFoundError,
     SARSource,
-    SourceFormatError,
     register_source,
 )
 from lightning_sarclip.data.sources.image_caption_table import SPLIT_ALIASES
@@ -41,7 +40,8 @@ class ClassFolder(SARSource):
         root: folder holding ``<split>/<class>/`` or ``<class>/`` folders.
         split: ``train``/``val``/``test``, or ``all``.
         layout: ``"auto"`` (split layout when every top folder is a split name), ``"split"`` or ``"flat"``.
-        allow_outside_root: accept files (symlinks) whose real path lies outside ``root``.
+        allowed_roots: folders outside ``root`` whose files may be reached through symlinks (see
+            :meth:`~lightning_sarclip.data.sources.base.SARSource.contained`).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
@@ -50,11 +50,10 @@ class ClassFolder(SARSource):
     caption_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: str | Path, split: str = "train", *, layout: str = "auto",
-                 allow_outside_root: bool = False) -> None:
-        super().__init__(root, split)
+                 allowed_roots: Sequence[str | Path] = ()) -> None:
+        super().__init__(root, split, allowed_roots=allowed_roots)
         if layout not in LAYOUTS:
             raise ValueError(f"{self.name}: layout must be one of {LAYOUTS}, got {layout!r}")
-        self.allow_outside_root = allow_outside_root
         self.split_dirs = self._split_dirs(layout)
         names = sorted({d.name for folder in self.split_dirs.values() for d in _visible_dirs(folder)})
         if not names:
@@ -97,28 +96,33 @@ class ClassFolder(SARSource):
         return out
 
     def _records(self) -> Iterator[SARRecord]:
-        real_root = self.root.resolve()
         for split, folder in self.split_dirs.items():
             if not self.wants(split):  # a flat folder's records are "all": only split="all" yields them
                 continue
             for class_dir in _visible_dirs(folder):
-                count = 0
-                for path in sorted(class_dir.rglob("*")):
-                    relative = path.relative_to(class_dir)
-                    if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-                        continue  # hidden files (.DS_Store) and folders
-                    try:
-                        format_of(ImageRef(str(path)))
-                    except SARReadError:
-                        self.skip("not an image file", path)
-                        continue
-                    if not self.allow_outside_root and not path.resolve().is_relative_to(real_root):
-                        raise SourceFormatError(path, "<path>", f"a file inside {real_root} (or pass "
-                                                "allow_outside_root=True)", str(path.resolve()))
-                    count += 1
-                    yield SARRecord(self.name, path.relative_to(self.root).as_posix(), split,
-                                    ImageRef(str(path)), labels=[class_dir.name])
-                if count == 0:
+                images = self._images(class_dir)
+                if not images:
                     raise DatasetNotFoundError(
                         f"{self.name}: class folder {class_dir} holds no image files ({self.expected_layout()})"
                     )
+                for path in images:
+                    yield SARRecord(self.name, path.relative_to(self.root).as_posix(), split,
+                                    ImageRef(str(path)), labels=[class_dir.name])
+
+    def _images(self, class_dir: Path) -> list[Path]:
+        """Image files under ``class_dir``, sorted by path, hidden files and folders left out; symlinked folders are
+        followed like symlinked files, and refused when they lead outside the allowed roots."""
+        found: list[Path] = []
+        for folder, dirnames, filenames in self.walk(class_dir):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .git, .ipynb_checkpoints
+            for name in filenames:
+                path = folder / name
+                if name.startswith(".") or not path.is_file():  # .DS_Store, broken links, sockets
+                    continue
+                try:
+                    format_of(ImageRef(str(path)))
+                except SARReadError:
+                    self.skip("not an image file", path)
+                    continue
+                found.append(self.contained(path))
+        return sorted(found)

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning_sarclip.data.formats  # noqa: F401  (registers the mat format)
 from lightning_sarclip.data.records import ImageRef, SARRecord
 from lightning_sarclip.data.sources._detection_common import parse_dota, require_image
+from lightning_sarclip.data.sources._metadata import (
+    ANGLE_0_90,
+    FINITE,
+    POSITIVE,
+    checked_number,
+    required_number,
+)
 from lightning_sarclip.data.sources.base import (
     DatasetNotFoundError,
     SARSource,
@@ -49,6 +56,8 @@ _META_KEYS = {
     "subCategory": "sub_category",
 }
 _CORNERS = {f"{axis}{i}" for axis in "xy" for i in range(1, 5)}
+#: METAXml numbers that go into captions, with their valid range.
+_CAPTION_NUMBERS = {"incidenceAngle": ANGLE_0_90, "nominalResolution": POSITIVE}
 
 
 @register_source("fair_csar")
@@ -64,13 +73,14 @@ class FAIRCSAR(SARSource):
         "sensor", "band", "polarization", "resolution_m", "imaging_mode", "incidence_deg", "look_direction",
     )  # fmt: skip
 
-    def __init__(self, root: str | Path, split: str = "train", image: str = "slc") -> None:
+    def __init__(self, root: str | Path, split: str = "train", image: str = "slc", *,
+                 allowed_roots: Sequence[str | Path] = ()) -> None:
         if image not in ("slc", "png"):
             raise ValueError(f"fair_csar: image must be 'slc' or 'png', got {image!r}")
         self.image_kind = image
         if image == "png":
             self.default_policy = "integer"
-        super().__init__(root, split)
+        super().__init__(root, split, allowed_roots=allowed_roots)
 
     @classmethod
     def expected_layout(cls) -> str:
@@ -106,12 +116,12 @@ class FAIRCSAR(SARSource):
     def _split_records(self, base: Path, folder: Path, split: str) -> Iterator[SARRecord]:
         ann_dir = folder / "Annotations" if (folder / "Annotations").is_dir() else folder / "annfiles"
         for ann_file in sorted(ann_dir.glob("*.txt")):
-            stem = ann_file.stem
+            stem = self.contained(ann_file).stem
             if self.image_kind == "slc":
-                path = require_image(folder / "SLCMats" / f"{stem}.mat", ann_file)
+                path = require_image(self.contained(folder / "SLCMats" / f"{stem}.mat"), ann_file)
                 ref = ImageRef(str(path), format="mat", options=(("mat_key", "data"),))
             else:
-                path = require_image(folder / "PNGImages" / f"{stem}.png", ann_file)
+                path = require_image(self.contained(folder / "PNGImages" / f"{stem}.png"), ann_file)
                 ref = ImageRef(str(path))
             metadata, size = self._metadata(folder, stem)
             yield SARRecord(
@@ -136,7 +146,7 @@ class FAIRCSAR(SARSource):
         size = None
         meta_file = folder / "METAXmls" / f"{stem}.xml"
         if meta_file.is_file():
-            tags = _read_meta_xml(meta_file)
+            tags = _read_meta_xml(self.contained(meta_file))
             width, height = tags.pop("width", None), tags.pop("height", None)
             if isinstance(width, (int, float)) and isinstance(height, (int, float)):
                 size = (int(width), int(height))
@@ -144,6 +154,10 @@ class FAIRCSAR(SARSource):
             if all(x is not None and y is not None for x, y in corners):
                 metadata["corners"] = corners
             for tag, value in tags.items():
+                valid = _CAPTION_NUMBERS.get(tag)
+                if valid is not None:
+                    if checked_number(value, f"METAXml {tag}", valid, file=meta_file, skip=self.skip) is None:
+                        continue  # out of range: left out of the record (counted)
                 metadata[_META_KEYS.get(tag, _snake(tag))] = value
             if "imaging_mode" in metadata:
                 metadata["imaging_mode"] = _MODES.get(metadata["imaging_mode"], metadata["imaging_mode"])
@@ -165,9 +179,13 @@ def _read_meta_xml(path: Path) -> dict[str, Any]:
         if len(element) or element.text is None or not element.text.strip() or element.tag in tags:
             continue
         tags[element.tag] = _value(element.text.strip())
-    for key in ("width", "height", *_CORNERS):
-        if key in tags and not isinstance(tags[key], (int, float)):
-            raise SourceFormatError(path, key, "a number", tags[key])
+    # the size clips the boxes and the corners locate the patch: both are needed, so a bad one is an error
+    for key in ("width", "height"):
+        if key in tags:
+            required_number(tags[key], key, POSITIVE, file=path)
+    for key in _CORNERS:
+        if key in tags:
+            required_number(tags[key], key, FINITE, file=path)
     return tags
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from lightning_sarclip.data.records import ImageRef, SARRecord
+from lightning_sarclip.data.sources._metadata import ANGLE_0_90, POSITIVE, checked_number
 from lightning_sarclip.data.sources.base import (
     DatasetNotFoundError,
     SARSource,
@@ -50,13 +52,17 @@ def readable(name: str) -> str:
 
 
 def _number(text: str | None, kind: type = float) -> Any:
+    """A finite number from a cell (``None`` when empty, not a number, ``inf`` or ``nan``)."""
     text = (text or "").strip()
     if not text:
         return None
     try:
-        return kind(float(text)) if kind is int else float(text)
+        value = float(text)
     except ValueError:
         return None
+    if not math.isfinite(value):
+        return None
+    return kind(value) if kind is int else value
 
 
 def read_meta_csv(path: Path) -> dict[str, dict[str, str]]:
@@ -103,6 +109,7 @@ class FUSARShip(SARSource):
         root: the folder holding ``FUSAR_Ship1.0/`` (or that folder itself).
         split: only ``"all"``: there is no official split.
         label_level: ``"category"`` (15 classes, default) or ``"subcategory"`` (folder names, open-ended).
+        allowed_roots: folders outside ``root`` that symlinks may lead to (``SARSource.contained``).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("all",)
@@ -113,12 +120,13 @@ class FUSARShip(SARSource):
     caption_fields: ClassVar[tuple[str, ...]] = ("subcategory", "length_m", "width_m", "look_angle_deg", "sensor",
                                                  "band")
 
-    def __init__(self, root: str | Path, split: str = "all", label_level: str = "category") -> None:
+    def __init__(self, root: str | Path, split: str = "all", label_level: str = "category", *,
+                 allowed_roots: Sequence[str | Path] = ()) -> None:
         if label_level not in ("category", "subcategory"):
             raise ValueError(f"fusar_ship: label_level must be 'category' or 'subcategory', got {label_level!r}")
         self.label_level = label_level
         self.incomplete: Counter[str] = Counter()
-        super().__init__(root, split)
+        super().__init__(root, split, allowed_roots=allowed_roots)
         if label_level == "subcategory":
             self.classnames = []  # 98 sub-categories: taken from the folders, not fixed here
 
@@ -144,7 +152,7 @@ class FUSARShip(SARSource):
         base = self._base()
         meta_path = base / "meta.csv"
         if meta_path.is_file():
-            meta = read_meta_csv(meta_path)
+            meta = read_meta_csv(self.contained(meta_path))
         else:
             meta = {}
             self.incomplete["no meta.csv (no AIS metadata)"] += 1
@@ -163,7 +171,7 @@ class FUSARShip(SARSource):
                         self.skip("file not named Ship_CxxSyyNzzzz.tiff", chip)
                         continue
                     seen.add(chip.stem)
-                    yield self._record(base, chip, match, meta.get(chip.stem), meta_path)
+                    yield self._record(base, self.contained(chip), match, meta.get(chip.stem), meta_path)
         for chip_id in sorted(set(meta) - seen):
             self.skip("meta.csv row without an image", f"{meta_path}: {chip_id}")
 
@@ -184,12 +192,17 @@ class FUSARShip(SARSource):
                 raise SourceFormatError(meta_path, f"path of {row['id']}", f"{category}\\{subcategory}",
                                         row["path"])
             mmsi = _number(row["mmsi"], int)
+            where = f"{meta_path} ({row['id']})"
             metadata.update({
                 "mmsi": mmsi or None,
-                "length_m": _number(row["length"]) or None,
-                "width_m": _number(row["width"]) or None,
+                # caption numbers: out of range -> dropped and counted; 0 is "not available", as in AIS
+                "length_m": checked_number(row["length"], "meta.csv length", POSITIVE, file=where, skip=self.skip,
+                                           missing=(0.0,)),
+                "width_m": checked_number(row["width"], "meta.csv width", POSITIVE, file=where, skip=self.skip,
+                                          missing=(0.0,)),
                 "polar_mode": row["polarmode"] or None,
-                "look_angle_deg": _number(row["centerlookangle"]),
+                "look_angle_deg": checked_number(row["centerlookangle"], "meta.csv centerLookAngle", ANGLE_0_90,
+                                                 file=where, skip=self.skip),
                 "pixel_spacing_height_m": _number(row["heightspace"]),
                 "pixel_spacing_width_m": _number(row["widthspace"]),
             })

@@ -45,11 +45,12 @@ class HRSID(SARSource):
             if not self.wants(split):
                 continue
             ann_file = base / "annotations" / name
-            if not ann_file.is_file():
+            if not self.contained(ann_file).is_file():
                 raise DatasetNotFoundError(f"{self.name}: missing {ann_file}. {self.expected_layout()}")
             for image in parse_coco(ann_file, self.classnames, self.skip):
                 field = f"image {image.id} file_name"
-                path = require_image(inside(base / "JPEGImages", image.file_name, ann_file, field), ann_file, field)
+                path = inside(base / "JPEGImages", image.file_name, ann_file, field)
+                path = require_image(self.contained(path, field, ann_file), ann_file, field)
                 metadata: dict = {"coco_image_id": image.id, **image.extra}
                 match = _TILE.match(path.stem)
                 if match:

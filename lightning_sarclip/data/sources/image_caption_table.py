@@ -3,9 +3,10 @@
 This is the format open_clip's trainer (``--dataset-type csv --csv-img-key imgpath --csv-caption-key caption``)
 and SARVLM's released CSVs use, so a user who already has such a table trains on it without conversion. Rows
 that repeat an image add captions to it; a caption cell may also hold several captions as a list (parquet), a
-JSON list (``["a", "b"]``) or a ``|``-separated string. Image paths are relative to the table's folder and may
-not climb out of it (``..``) or be absolute unless ``allow_outside_root=True``: a table is data from elsewhere,
-and following its paths blindly would read arbitrary files.
+JSON list (``["a", "b"]``) or a ``|``-separated string. Image paths are relative to the table's folder (or
+absolute) and must really lie inside that folder, or inside a folder named in ``allowed_roots``: a table is data
+from elsewhere, and following its paths blindly would read arbitrary files. A CSV/TSV cell holding a line break is
+refused: in caption tables it is almost always an unbalanced quote that swallowed the following rows.
 
 Tables are found as follows: ``root`` may be the table file itself; a folder with ``train``/``val``/``test``
 tables (``train.csv``, ``val.tsv``, ``test.parquet`` ...) gives one table per split; otherwise the folder must
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
@@ -38,8 +39,12 @@ SPLIT_ALIASES = {
 }
 
 
-def read_table(path: Path, separator: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Column names and rows (dicts) of a CSV/TSV/parquet file; the separator defaults from the suffix."""
+#: A table's rows with where they start: the physical line (CSV/TSV, header = line 1) or the 0-based row (parquet).
+NumberedRows = list[tuple[int, dict[str, Any]]]
+
+
+def read_table(path: Path, separator: str | None = None) -> tuple[list[str], NumberedRows]:
+    """Column names and numbered rows (dicts) of a CSV/TSV/parquet file; the separator defaults from the suffix."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -48,18 +53,45 @@ def read_table(path: Path, separator: str | None = None) -> tuple[list[str], lis
             table = pq.read_table(path)
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types for broken files
             raise SourceFormatError(path, "<file>", "a readable parquet file", f"{type(err).__name__}: {err}") from err
-        return list(table.column_names), table.to_pylist()
+        return list(table.column_names), list(enumerate(table.to_pylist()))
     delimiter = separator or ("\t" if suffix == ".tsv" else ",")
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            columns = list(reader.fieldnames or [])
-            rows = list(reader)
+            return _read_text_table(path, csv.reader(handle, delimiter=delimiter))
     except UnicodeDecodeError as err:
         raise SourceFormatError(path, "<file>", "UTF-8 text", str(err)) from err
     except csv.Error as err:
         raise SourceFormatError(path, "<file>", f"a {delimiter!r}-separated table", str(err)) from err
-    return columns, rows
+
+
+def _read_text_table(path: Path, reader: Any) -> tuple[list[str], NumberedRows]:
+    """``csv.DictReader`` semantics (blank lines skipped, missing cells ``None``), plus each row's first line and
+    the check that no cell spans lines."""
+    columns: list[str] | None = None
+    rows: NumberedRows = []
+    start = 1
+    for cells in reader:
+        if cells:
+            _single_line_cells(path, cells, columns, start)
+            if columns is None:
+                columns = cells
+            else:
+                rows.append((start, dict(zip(columns, cells + [None] * (len(columns) - len(cells)), strict=False))))
+        start = reader.line_num + 1
+    return columns or [], rows
+
+
+def _single_line_cells(path: Path, cells: list[str], columns: list[str] | None, line: int) -> None:
+    for index, cell in enumerate(cells):
+        if "\n" in cell or "\r" in cell:
+            name = columns[index] if columns is not None and index < len(columns) else f"#{index + 1}"
+            where = f"header, column {index + 1}" if columns is None else f"{name} (row {line})"
+            raise SourceFormatError(
+                path, where,
+                "a cell on one line (a line break inside a cell is nearly always an unbalanced quote that joined "
+                "the following lines into it; check the quotes on this line)",
+                cell if len(cell) <= 120 else f"{cell[:120]}...",
+            )
 
 
 def require_columns(path: Path, columns: list[str], wanted: dict[str, str | None]) -> None:
@@ -90,21 +122,14 @@ def split_cell(value: Any, separator: str | None) -> list[str]:
     return [str(item).strip() for item in items if item is not None and str(item).strip()]
 
 
-def safe_image_path(base: Path, value: str, table: Path, row: int, column: str, allow_outside: bool) -> Path:
-    """The image path of a table cell, resolved against ``base``; refuses ``..`` and absolute paths by default."""
+def image_path(base: Path, value: Any, table: Path, row: int, column: str) -> Path:
+    """The image path of a table cell: absolute, or relative to ``base`` (the table's folder). Where it really
+    lies is checked by the reader's path policy (:meth:`SARSource.contained`)."""
     text = str(value).strip().replace("\\", "/")
     if not text:
         raise SourceFormatError(table, column, f"an image path (row {row})", value)
     pure = PurePosixPath(text)
-    absolute = pure.is_absolute() or Path(text).is_absolute()
-    if not allow_outside and (absolute or ".." in pure.parts):
-        raise SourceFormatError(
-            table, column,
-            f"an image path inside {base} without '..' or a leading '/' (row {row}; pass "
-            "allow_outside_root=True to trust the table)",
-            value,
-        )
-    return Path(text) if absolute else base / pure
+    return Path(text) if pure.is_absolute() or Path(text).is_absolute() else base.joinpath(*pure.parts)
 
 
 @register_source("image_caption_table")
@@ -122,7 +147,8 @@ class ImageCaptionTable(SARSource):
         separator: CSV field separator; default ``,`` for ``.csv`` and tab for ``.tsv``.
         caption_separator: splits several captions in one cell (``None`` disables).
         image_format: reader name when suffixes do not tell (see :func:`lightning_sarclip.data.io.format_of`).
-        allow_outside_root: accept absolute paths and ``..`` (for tables pointing at images elsewhere).
+        allowed_roots: folders outside the table's folder whose images the table may name (absolute paths,
+            ``..``, symlinks); ``["/"]`` trusts the table entirely.
         missing_images: ``"error"`` (default) or ``"skip"`` (counted) for rows whose image file does not exist.
     """
 
@@ -144,10 +170,10 @@ class ImageCaptionTable(SARSource):
         separator: str | None = None,
         caption_separator: str | None = "|",
         image_format: str | None = None,
-        allow_outside_root: bool = False,
+        allowed_roots: Sequence[str | Path] = (),
         missing_images: str = "error",
     ) -> None:
-        super().__init__(root, split)
+        super().__init__(root, split, allowed_roots=allowed_roots)
         if missing_images not in ("error", "skip"):
             raise ValueError(f"{self.name}: missing_images must be 'error' or 'skip', got {missing_images!r}")
         self.table = table
@@ -155,7 +181,6 @@ class ImageCaptionTable(SARSource):
         self.split_column, self.label_column = split_column, label_column
         self.separator, self.caption_separator = separator, caption_separator
         self.image_format = image_format
-        self.allow_outside_root = allow_outside_root
         self.missing_images = missing_images
         self.tables = self._find_tables()
 
@@ -179,7 +204,7 @@ class ImageCaptionTable(SARSource):
             path = root / self.table
             if not path.is_file():
                 raise DatasetNotFoundError(f"{self.name}: table {path} not found. {self.expected_layout()}")
-            return {"all": path}
+            return {"all": self.contained(path, "table")}
         tables = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
         per_split: dict[str, Path] = {}
         for path in tables:
@@ -192,9 +217,9 @@ class ImageCaptionTable(SARSource):
                     )
                 per_split[split] = path
         if per_split:
-            return per_split
+            return {split: self.contained(path) for split, path in per_split.items()}
         if len(tables) == 1:
-            return {"all": tables[0]}
+            return {"all": self.contained(tables[0])}
         found = [p.name for p in tables] or "no table"
         raise DatasetNotFoundError(
             f"{self.name}: cannot choose a table in {root} (found {found}). {self.expected_layout()}"
@@ -212,7 +237,7 @@ class ImageCaptionTable(SARSource):
                                         "split_column": self.split_column, "label_column": self.label_column})
         base = path.parent
         grouped: dict[tuple[str, str], SARRecord] = {}
-        for row_number, row in enumerate(rows, start=2 if path.suffix.lower() != ".parquet" else 0):
+        for row_number, row in rows:
             split = file_split
             if self.split_column is not None:
                 raw = str(row.get(self.split_column) or "").strip().lower()
@@ -222,8 +247,8 @@ class ImageCaptionTable(SARSource):
                 split = SPLIT_ALIASES[raw]
             if not self.wants(split):
                 continue
-            image = safe_image_path(base, row.get(self.image_column) or "", path, row_number, self.image_column,
-                                    self.allow_outside_root)
+            image = image_path(base, row.get(self.image_column) or "", path, row_number, self.image_column)
+            self.contained(image, f"{self.image_column} (row {row_number})", path)
             captions = split_cell(row.get(self.caption_column), self.caption_separator)
             if not captions:
                 self.skip("empty caption", f"{path}:{row_number}")

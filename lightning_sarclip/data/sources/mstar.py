@@ -23,15 +23,22 @@ per instance from the layout (``self.default_policy``).
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from lightning_sarclip.data.formats import parse_mstar_header  # importing it registers mstar_raw and mat
 from lightning_sarclip.data.io import SARReadError
 from lightning_sarclip.data.records import ImageRef, SARRecord
+from lightning_sarclip.data.sources._metadata import (
+    ANGLE_0_90,
+    ANGLE_0_360,
+    POSITIVE,
+    NumberRange,
+    SkipFn,
+    checked_number,
+)
 from lightning_sarclip.data.sources.base import (
     DatasetNotFoundError,
     SARSource,
@@ -100,20 +107,32 @@ def _ghz(value: Any) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def header_metadata(header: dict[str, Any]) -> dict[str, Any]:
-    """Caption-worthy metadata of a raw chip (snake_case, units in the names)."""
+#: Metadata key -> (header field, valid range; ``None`` for text). Numbers outside their range are left out.
+_HEADER_FIELDS: dict[str, tuple[str, NumberRange | None]] = {
+    "serial": ("TargetSerNum", None), "target_type": ("TargetType", None), "azimuth_deg": ("TargetAz", ANGLE_0_360),
+    "depression_deg": ("DesiredDepression", ANGLE_0_90), "measured_depression_deg": ("MeasuredDepression", ANGLE_0_90),
+    "range_resolution_m": ("RangeResolution", POSITIVE), "cross_range_resolution_m": ("CrossRangeResolution", POSITIVE),
+    "collection_date": ("CollectionDate", None), "site": ("Site", None),
+}
+
+
+def _no_skip(reason: str, file: Any) -> None:
+    """``header_metadata`` without a reader: out-of-range numbers are still dropped, just not counted."""
+
+
+def header_metadata(header: dict[str, Any], file: str | Path = "<MSTAR header>",
+                    skip: SkipFn = _no_skip) -> dict[str, Any]:
+    """Caption-worthy metadata of a raw chip (snake_case, units in the names); a header number outside its range
+    (:data:`_HEADER_FIELDS`) is left out and counted through ``skip``."""
     meta: dict[str, Any] = dict(SENSOR)
     meta["polarization"] = str(header.get("Polarization", "HH"))
-    pairs = {
-        "serial": "TargetSerNum", "target_type": "TargetType", "azimuth_deg": "TargetAz",
-        "depression_deg": "DesiredDepression", "measured_depression_deg": "MeasuredDepression",
-        "range_resolution_m": "RangeResolution", "cross_range_resolution_m": "CrossRangeResolution",
-        "collection_date": "CollectionDate", "site": "Site",
-    }
-    for key, field in pairs.items():
-        if field in header:
-            meta[key] = str(header[field]) if key in ("serial", "target_type", "collection_date", "site") \
-                else header[field]
+    for key, (field, valid) in _HEADER_FIELDS.items():
+        if field not in header:
+            continue
+        if valid is None:
+            meta[key] = str(header[field])
+        elif checked_number(header[field], f"header {field}", valid, file=file, skip=skip) is not None:
+            meta[key] = header[field]  # as typed by the header parser (int or float)
     if (ghz := _ghz(header.get("CenterFrequency"))) is not None:
         meta["center_frequency_ghz"] = ghz
     return meta
@@ -129,6 +148,7 @@ class MSTAR(SARSource):
         split: ``train`` (17 deg), ``test`` (15 deg) or ``all``.
         layout: ``sdms``, ``jpeg_folders``, ``raw_folders`` or ``None`` to detect it.
         protocol: for ``sdms``: ``soc``, ``soc_all_serials`` or ``all`` (needs ``split="all"``).
+        allowed_roots: folders outside ``root`` that symlinks may lead to (``SARSource.contained``).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
@@ -137,8 +157,8 @@ class MSTAR(SARSource):
     caption_fields: ClassVar[tuple[str, ...]] = ("serial", "azimuth_deg", "depression_deg")
 
     def __init__(self, root: str | Path, split: str = "train", layout: str | None = None,
-                 protocol: str = "soc") -> None:
-        super().__init__(root, split)
+                 protocol: str = "soc", *, allowed_roots: Sequence[str | Path] = ()) -> None:
+        super().__init__(root, split, allowed_roots=allowed_roots)
         if protocol not in PROTOCOLS:
             raise ValueError(f"mstar: protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if protocol == "all" and split != "all":
@@ -221,22 +241,33 @@ class MSTAR(SARSource):
             if not self.wants(split):
                 continue
             for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-                label = self._folder_class(class_dir)
-                for file in sorted(p for p in class_dir.iterdir() if p.is_file()):
-                    if raw and _RAW_NAME.match(file.name):
-                        header = self._header(file)
-                        found = canonical_class(str(header.get("TargetType", "")))
-                        if found != label:
-                            raise SourceFormatError(file, "TargetType", f"a {label} chip (folder {class_dir.name})",
-                                                    header.get("TargetType"))
-                        yield self._raw_record(file, split, label, header)
-                    elif not raw and file.suffix.lower() in IMAGE_SUFFIXES:
-                        metadata = {**SENSOR, "polarization": "HH",
-                                    "depression_deg": 17 if split == "train" else 15}
-                        yield SARRecord(self.name, file.relative_to(self.root).as_posix(), split,
-                                        ImageRef(str(file)), labels=[label], metadata=metadata)
-                    else:
-                        self.skip("not a chip of this layout", file)
+                yield from self._class_folder_records(class_dir, split, raw)
+
+    def _class_folder_records(self, class_dir: Path, split: str, raw: bool) -> Iterator[SARRecord]:
+        """The chips of one class folder; a folder without any is an error (a class would vanish silently)."""
+        label = self._folder_class(class_dir)
+        count = 0
+        for file in sorted(p for p in class_dir.iterdir() if p.is_file()):
+            if raw and _RAW_NAME.match(file.name):
+                header = self._header(self.contained(file))
+                found = canonical_class(str(header.get("TargetType", "")))
+                if found != label:
+                    raise SourceFormatError(file, "TargetType", f"a {label} chip (folder {class_dir.name})",
+                                            header.get("TargetType"))
+                record = self._raw_record(file, split, label, header)
+            elif not raw and file.suffix.lower() in IMAGE_SUFFIXES:
+                metadata = {**SENSOR, "polarization": "HH", "depression_deg": 17 if split == "train" else 15}
+                record = SARRecord(self.name, file.relative_to(self.root).as_posix(), split,
+                                   ImageRef(str(self.contained(file))), labels=[label], metadata=metadata)
+            else:
+                self.skip("not a chip of this layout", file)
+                continue
+            count += 1
+            yield record
+        if count == 0:
+            kind = "raw HB* files" if raw else f"{'/'.join(IMAGE_SUFFIXES)} chips"
+            raise DatasetNotFoundError(f"mstar: class folder {class_dir} holds no {kind} ({self.layout} layout). "
+                                       f"{self.expected_layout()}")
 
     def _folder_class(self, class_dir: Path) -> str:
         name = class_dir.name
@@ -256,16 +287,15 @@ class MSTAR(SARSource):
             if "CLUTTER" in cd.name.upper():
                 self.skip("clutter CD (scenes without target labels)", cd)
                 continue
-            for dirpath, dirnames, filenames in os.walk(cd):
-                dirnames.sort()
-                for filename in sorted(filenames):
-                    file = Path(dirpath) / filename
+            for folder, _, filenames in self.walk(cd):
+                for filename in filenames:
+                    file = folder / filename
                     if file.suffix.lower() in SIDE_FILE_SUFFIXES:
                         self.skip("side file (.JPG/.HTM/.hdr ...)", file)
                     elif not _RAW_NAME.match(filename):
                         self.skip("not an HB* data file", file)
                     else:
-                        record = self._sdms_record(file)
+                        record = self._sdms_record(self.contained(file))
                         if record is not None:
                             yield record
 
@@ -307,6 +337,6 @@ class MSTAR(SARSource):
     def _raw_record(self, file: Path, split: str, label: str, header: dict[str, Any]) -> SARRecord:
         return SARRecord(
             self.name, file.relative_to(self.root).as_posix(), split, ImageRef(str(file), format="mstar_raw"),
-            labels=[label], metadata=header_metadata(header),
+            labels=[label], metadata=header_metadata(header, file, self.skip),
             size=(header["NumberOfColumns"], header["NumberOfRows"]),
         )

@@ -16,11 +16,12 @@ separate VV and VH files of ``Patch_Uint8`` into one two-channel image.
 from __future__ import annotations
 
 import io
-import os
+import math
 import re
 import zipfile
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,8 +29,17 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from lightning_sarclip.data.io import SARImage, SARReadError, read_bytes, register_format, safe_member
+from lightning_sarclip.data.io import (
+    SARImage,
+    SARReadError,
+    open_member,
+    read_bytes,
+    register_format,
+    safe_member,
+)
+from lightning_sarclip.data.limits import check_member_bytes
 from lightning_sarclip.data.records import MEMBER_SEP, ImageRef, SARRecord
+from lightning_sarclip.data.sources._metadata import ANGLE_0_90, POSITIVE, NumberRange, SkipFn, checked_number
 from lightning_sarclip.data.sources.base import (
     DatasetNotFoundError,
     SARSource,
@@ -218,21 +228,55 @@ def _safe(name: str, archive: str) -> str:
         raise SourceFormatError(archive, "member path", "a relative path inside the archive", name) from err
 
 
-def _dir_scene(folder: Path, root: Path) -> _Scene:
+#: ``contained(path, field, referenced_by) -> path``: the reader's path policy (``SARSource.contained``).
+Contained = Callable[..., Path]
+#: ``walk(top)``: the reader's symlink-aware ``os.walk`` (``SARSource.walk``).
+Walk = Callable[[Path], Iterator[tuple[Path, list[str], list[str]]]]
+
+
+def _dir_scene(folder: Path, root: Path, contained: Contained) -> _Scene:
     rel = folder.relative_to(root.parent).as_posix()  # keeps the root's own name (``OpenSARShip2``)
+    xml = folder / "Ship.xml"
     names = {}
     for product in PRODUCTS:
         sub = folder / product
         if sub.is_dir():
-            names[product] = sorted(p.name for p in sub.iterdir() if p.is_file())
+            names[product] = sorted(p.name for p in contained(sub).iterdir() if p.is_file())
     return _Scene(
         scene_id=_scene_id(rel, str(folder)),
-        where=str(folder / "Ship.xml"),
+        where=str(xml),
         version=_version(rel),
-        xml=(folder / "Ship.xml").read_bytes,
+        xml=lambda: contained(xml).read_bytes(),
         names=names,
-        ref=lambda product, name: (str(folder / product / name), None),
+        # checked when a record is made of the chip: chips nobody asks for are never opened
+        ref=lambda product, name: (str(contained(folder / product / name, "chip", xml)), None),
     )
+
+
+#: What ``zipfile``/``zlib`` raise for a damaged archive besides ``BadZipFile``: offsets past the end (``OSError``),
+#: truncated or corrupt streams, unknown or encrypted compression, impossible header values.
+_ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
+#: Our own errors, raised inside the same ``try`` blocks, pass through unchanged.
+_OUR_ERRORS = (SourceFormatError, SARReadError, DatasetNotFoundError)
+
+
+def _damaged(where: str | Path, expected: str, err: Exception) -> SourceFormatError:
+    return SourceFormatError(where, "zip", expected, f"{type(err).__name__}: {err}")
+
+
+def _member_reader(archive: zipfile.ZipFile, name: str, where: str) -> Callable[[], bytes]:
+    """Reads ``name`` (a Ship.xml) when called, its uncompressed size checked against ``max_member_bytes`` first."""
+
+    def read() -> bytes:
+        check_member_bytes(f"{where}{MEMBER_SEP}{name}", archive.getinfo(name).file_size)
+        try:
+            return archive.read(name)
+        except _OUR_ERRORS:
+            raise
+        except _ZIP_DAMAGE as err:
+            raise _damaged(f"{where}{MEMBER_SEP}{name}", "a readable archive member", err) from err
+
+    return read
 
 
 def _zip_scenes(archive: zipfile.ZipFile, path: Path, chain: tuple[str, ...], root: Path) -> Iterator[_Scene]:
@@ -259,47 +303,60 @@ def _zip_scenes(archive: zipfile.ZipFile, path: Path, chain: tuple[str, ...], ro
             scene_id=_scene_id(label, f"{where}{MEMBER_SEP}{xml_name}"),
             where=f"{where}{MEMBER_SEP}{xml_name}",
             version=_version(label),
-            xml=lambda xml_name=xml_name: archive.read(xml_name),
+            xml=_member_reader(archive, xml_name, where),
             names={k: sorted(v) for k, v in products.items()},
             ref=make_ref,
         )
     if len(chain) >= 2:
         return  # outer zip -> scene zip is the deepest nesting the dataset uses
     for inner in sorted(n for n in names if n.lower().endswith(".zip")):
-        try:
-            with zipfile.ZipFile(io.BytesIO(archive.read(inner))) as nested:
-                yield from _zip_scenes(nested, path, (*chain, inner), root)
-        except zipfile.BadZipFile as err:
-            raise SourceFormatError(f"{where}{MEMBER_SEP}{inner}", "zip", "a readable scene zip", str(err)) from err
+        yield from _nested_scenes(archive, inner, path, chain, root)
 
 
-def _scenes(root: Path) -> Iterator[_Scene]:
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        here = Path(folder)
+def _nested_scenes(archive: zipfile.ZipFile, inner: str, path: Path, chain: tuple[str, ...],
+                   root: Path) -> Iterator[_Scene]:
+    """The scenes of the scene zip ``inner``, opened in place or spooled (never inflated whole into memory: a scene
+    zip may hold gigabytes), its size checked against ``max_member_bytes`` (``SARReadError`` naming it)."""
+    where = MEMBER_SEP.join((str(path), *chain))
+    try:
+        with open_member(archive, inner, where) as handle, zipfile.ZipFile(handle) as nested:
+            yield from _zip_scenes(nested, path, (*chain, inner), root)
+    except _OUR_ERRORS:
+        raise
+    except _ZIP_DAMAGE as err:
+        raise _damaged(f"{where}{MEMBER_SEP}{inner}", "a readable scene zip", err) from err
+
+
+def _scenes(root: Path, contained: Contained, walk: Walk) -> Iterator[_Scene]:
+    for here, dirnames, filenames in walk(root):
         if "Ship.xml" in filenames:
             dirnames[:] = []  # a scene folder: its Patch* folders need no walking
-            yield _dir_scene(here, root)
+            yield _dir_scene(here, root, contained)
             continue
-        for name in sorted(f for f in filenames if f.lower().endswith(".zip")):
+        for name in (f for f in filenames if f.lower().endswith(".zip")):
             try:
-                with zipfile.ZipFile(here / name) as archive:
+                with zipfile.ZipFile(contained(here / name)) as archive:
                     yield from _zip_scenes(archive, here / name, (), root)
-            except zipfile.BadZipFile as err:
-                raise SourceFormatError(here / name, "zip", "a readable zip archive", str(err)) from err
+            except _OUR_ERRORS:
+                raise
+            except _ZIP_DAMAGE as err:
+                raise _damaged(here / name, "a readable zip archive", err) from err
 
 
 # ------------------------------------------------------------------------------------------------ Ship.xml
 
 
 def _number(text: str | None, cast: Callable[[str], Any] = float) -> Any:
+    """A finite number from ``text`` (``None`` when empty, not a number, ``inf`` or ``nan``)."""
     if text is None or not text.strip():
         return None
     try:
         value = float(text)
-        return int(value) if cast is int else cast(value)
     except ValueError:
         return None
+    if not math.isfinite(value):
+        return None
+    return int(value) if cast is int else cast(value)
 
 
 def _text(text: str | None) -> str | None:
@@ -319,7 +376,7 @@ def _scaled(factor: float, missing: float | None = None) -> Callable[[str | None
 
 def _positive(text: str | None) -> float | None:
     value = _number(text)
-    return value if value else None  # AIS uses 0 for "not available"
+    return value if value is not None and value > 0 else None  # AIS uses 0 for "not available"
 
 
 #: XML tag -> (metadata key, converter). AIS raw units: speed 1/10 knot, course 1/10 degree, draught 1/10 m.
@@ -330,7 +387,6 @@ _FIELDS: dict[str, tuple[str, Callable[[str | None], Any]]] = {
     "Manual_Length": ("manual_length_m", _positive),
     "North_Direction": ("north_direction_deg", _number),
     "Chip_Direction": ("chip_direction_deg", _number),
-    "Incidence": ("incidence_deg", _number),
     "Elevation": ("elevation_deg", _number),
     "SlantRangeTime": ("slant_range_time", _number),
     "Slant_Range_Time": ("slant_range_time", _number),
@@ -348,8 +404,6 @@ _FIELDS: dict[str, tuple[str, Callable[[str | None], Any]]] = {
     "Name": ("ship_name", _text),
     "IMO": ("imo", lambda t: _number(t, int) or None),
     "Callsign": ("callsign", _text),
-    "Length": ("length_m", _positive),
-    "Width": ("width_m", _positive),
     "Draught": ("draught_m", _scaled(0.1, missing=0)),
     "Msgid": ("ais_message_id", lambda t: _number(t, int)),
     "Length_error": ("length_error_m", _number),
@@ -366,6 +420,14 @@ _FIELDS: dict[str, tuple[str, Callable[[str | None], Any]]] = {
     "Port": ("chip_port", lambda t: _number(t, int)),
     "Multi_ship": ("chip_multi_ship", lambda t: _number(t, int)),
 }
+#: Numbers that go into captions: XML tag -> (metadata key, valid range). Out of range: dropped and counted. Length
+#: and width 0 is AIS's "not available" (``None``, not counted).
+_CAPTION_NUMBERS: dict[str, tuple[str, NumberRange]] = {
+    "Length": ("length_m", POSITIVE),
+    "Width": ("width_m", POSITIVE),
+    "Incidence": ("incidence_deg", ANGLE_0_90),
+}
+_AIS_NOT_AVAILABLE = {"Length": (0.0,), "Width": (0.0,)}
 _POINTS = {"Head": "head_px", "Tail": "tail_px", "UpperLeft": "upper_left_px", "LowerRight": "lower_right_px"}
 
 
@@ -397,8 +459,16 @@ def parse_ship_xml(data: bytes, where: str, repaired: Counter) -> ET.Element:
     return root
 
 
-def ship_fields(ship: ET.Element, where: str) -> tuple[tuple[int, int], dict[str, Any]]:
-    """``((Center_x, Center_y), metadata)`` of one ``<ship>`` record."""
+def _no_skip(reason: str, file: Any) -> None:
+    """``ship_fields`` without a reader: out-of-range numbers are still dropped, just not counted."""
+
+
+def ship_fields(ship: ET.Element, where: str, skip: SkipFn = _no_skip) -> tuple[tuple[int, int], dict[str, Any]]:
+    """``((Center_x, Center_y), metadata)`` of one ``<ship>`` record.
+
+    The centre joins the record to its chip, so a missing or non-finite one is a :class:`SourceFormatError`; the
+    numbers captions use (:data:`_CAPTION_NUMBERS`) are dropped and counted through ``skip`` when out of range.
+    """
     values: dict[str, str | None] = {}
     for section in ship:
         for field in section:
@@ -407,13 +477,17 @@ def ship_fields(ship: ET.Element, where: str) -> tuple[tuple[int, int], dict[str
     for tag in ("Center_x", "Center_y"):
         value = _number(values.get(tag), int)
         if value is None:
-            raise SourceFormatError(where, f"ship/SARShipInformation/{tag}", "an integer pixel coordinate",
+            raise SourceFormatError(where, f"ship/SARShipInformation/{tag}", "a finite integer pixel coordinate",
                                     values.get(tag))
         centre.append(value)
     meta: dict[str, Any] = {"center_x_px": centre[0], "center_y_px": centre[1]}
     for tag, (key, convert) in _FIELDS.items():
         if tag in values:
             meta[key] = convert(values[tag])
+    for tag, (key, valid) in _CAPTION_NUMBERS.items():
+        if tag in values:
+            meta[key] = checked_number(values[tag], f"Ship.xml {tag}", valid, file=where, skip=skip,
+                                       missing=_AIS_NOT_AVAILABLE.get(tag, ()))
     for tag, key in _POINTS.items():
         x, y = _number(values.get(f"{tag}_x"), int), _number(values.get(f"{tag}_y"), int)
         if x is not None and y is not None:
@@ -438,6 +512,7 @@ class OpenSARShip(SARSource):
             (GRD amplitude / SLC complex).
         polarization: ``"vv"`` (default), ``"vh"``, ``"both"`` (two channels VV, VH) or ``"each"`` (one
             single-channel record per available polarisation).
+        allowed_roots: folders outside ``root`` that symlinks may lead to (``SARSource.contained``).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("all",)
@@ -457,14 +532,14 @@ class OpenSARShip(SARSource):
     )
 
     def __init__(self, root: str | Path, split: str = "all", product: str = "Patch_Cal",
-                 polarization: str = "vv") -> None:
+                 polarization: str = "vv", *, allowed_roots: Sequence[str | Path] = ()) -> None:
         if product not in PRODUCTS:
             raise ValueError(f"opensarship: product must be one of {PRODUCTS}, got {product!r}")
         if polarization not in POLARIZATIONS:
             raise ValueError(f"opensarship: polarization must be one of {POLARIZATIONS}, got {polarization!r}")
         self.product, self.polarization = product, polarization
         self.repaired: Counter[str] = Counter()
-        super().__init__(root, split)
+        super().__init__(root, split, allowed_roots=allowed_roots)
 
     @classmethod
     def expected_layout(cls) -> str:
@@ -485,7 +560,8 @@ class OpenSARShip(SARSource):
             raise DatasetNotFoundError(f"{self.name}: {self.root} is not a folder. {self.expected_layout()}")
         seen: set[str] = set()
         found = False
-        for scene in _scenes(self.root.resolve()):  # absolute: scene ids and versions also come from root's name
+        # absolute: scene ids and versions also come from the root's own name
+        for scene in _scenes(self.root.resolve(), self.contained, self.walk):
             found = True
             if scene.scene_id in seen:
                 self.skip("scene present twice (e.g. in OpenSARShip 1.0 and 2.0): first copy kept", scene.where)
@@ -509,7 +585,7 @@ class OpenSARShip(SARSource):
         root = parse_ship_xml(scene.xml(), scene.where, self.repaired)
         ships: dict[tuple[int, int], dict[str, Any]] = {}
         for ship in root.iter("ship"):
-            centre, meta = ship_fields(ship, scene.where)
+            centre, meta = ship_fields(ship, scene.where, self.skip)
             if centre in ships:
                 raise SourceFormatError(scene.where, "ship/SARShipInformation/Center_x,Center_y",
                                         "one <ship> per chip centre", centre)

@@ -18,7 +18,7 @@ a measured chip and its simulation together.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +26,7 @@ import numpy as np
 
 import lightning_sarclip.data.formats  # noqa: F401  (registers the mat format)
 from lightning_sarclip.data.records import ImageRef, SARRecord
+from lightning_sarclip.data.sources._metadata import ANGLE_0_90, ANGLE_0_360, POSITIVE, checked_number
 from lightning_sarclip.data.sources.base import (
     DatasetNotFoundError,
     SARSource,
@@ -51,6 +52,12 @@ MAT_METADATA = {
     "xrange_resolution": "cross_range_resolution_m", "range_pixel_spacing": "range_pixel_spacing_m",
     "xrange_pixel_spacing": "cross_range_pixel_spacing_m", "source_mstar_file": "source_mstar_file",
     "target_name": "target_name",
+}
+#: Valid ranges of the numeric ``.mat`` scalars (angles in degrees, frequencies in Hz, lengths in metres).
+MAT_RANGES = {
+    "azimuth": ANGLE_0_360, "elevation": ANGLE_0_90, "center_freq": POSITIVE, "bandwidth": POSITIVE,
+    "range_resolution": POSITIVE, "xrange_resolution": POSITIVE, "range_pixel_spacing": POSITIVE,
+    "xrange_pixel_spacing": POSITIVE,
 }
 STEM = re.compile(
     r"^(?P<cls>[a-z0-9]+)_(?P<subset>real|synth)_A_elevDeg_(?P<elev>\d{3})_azCenter_(?P<az>\d{3})_(?P<nn>\d{2})"
@@ -81,6 +88,7 @@ class SAMPLE(SARSource):
         image: ``mat`` (complex ``complex_img``), ``png_decibel`` or ``png_qpm``.
         subsets: ``real`` and/or ``synth``.
         read_mat_metadata: read the ``.mat`` scalars (exact angles, frequency ...) and check its variables.
+        allowed_roots: folders outside ``root`` that symlinks may lead to (``SARSource.contained``).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("all",)
@@ -89,8 +97,9 @@ class SAMPLE(SARSource):
     caption_fields: ClassVar[tuple[str, ...]] = ("simulated", "serial", "depression_deg", "azimuth_deg")
 
     def __init__(self, root: str | Path, split: str = "all", image: str = "mat",
-                 subsets: tuple[str, ...] = SUBSETS, read_mat_metadata: bool = True) -> None:
-        super().__init__(root, split)
+                 subsets: tuple[str, ...] = SUBSETS, read_mat_metadata: bool = True, *,
+                 allowed_roots: Sequence[str | Path] = ()) -> None:
+        super().__init__(root, split, allowed_roots=allowed_roots)
         if image not in IMAGES:
             raise ValueError(f"sample: image must be one of {sorted(IMAGES)}, got {image!r}")
         if not subsets or set(subsets) - set(SUBSETS):
@@ -125,7 +134,7 @@ class SAMPLE(SARSource):
                     if file.suffix.lower() != suffix:
                         self.skip(f"not a {suffix} chip", file)
                         continue
-                    yield self._record(file, subset, class_dir.name)
+                    yield self._record(self.contained(file), subset, class_dir.name)
 
     def _record(self, file: Path, subset: str, folder_class: str) -> SARRecord:
         match = STEM.match(file.stem)
@@ -138,13 +147,15 @@ class SAMPLE(SARSource):
         metadata: dict[str, Any] = {
             "sensor": "simulated X-band SAR (SAMPLE CAD model)" if simulated else "Sandia X-band airborne SAR",
             "band": "X", "polarization": "HH", "resolution_m": 0.3, "simulated": simulated,
-            "serial": match["serial"], "depression_deg": float(match["elev"]), "azimuth_deg": float(match["az"]),
+            "serial": match["serial"],
+            "depression_deg": checked_number(match["elev"], "file name elevDeg", ANGLE_0_90, file=file, skip=self.skip),
+            "azimuth_deg": checked_number(match["az"], "file name azCenter", ANGLE_0_360, file=file, skip=self.skip),
             "pair_id": file.stem.replace(f"_{subset}_", "_", 1),
         }
         mat = self.root / "mat_files" / subset / folder_class / f"{file.stem}.mat"
         size = None
         if self.read_mat_metadata and mat.exists():
-            size = self._mat_metadata(mat, metadata)
+            size = self._mat_metadata(self.contained(mat), metadata)
         if self.image == "mat":
             ref = ImageRef(str(file), format="mat", options=(("mat_key", "complex_img"),))
         else:
@@ -170,7 +181,11 @@ class SAMPLE(SARSource):
         values = loadmat(mat, variable_names=list(MAT_METADATA))
         for name, key in MAT_METADATA.items():
             try:
-                metadata[key] = _scalar(values[name])
+                value = _scalar(values[name])
             except ValueError as err:
                 raise SourceFormatError(mat, name, "a 1x1 value or a string", str(err)) from err
+            valid = MAT_RANGES.get(name)
+            # out of range: counted, and the file name's value (if any) stays in the record
+            if valid is None or checked_number(value, f".mat {name}", valid, file=mat, skip=self.skip) is not None:
+                metadata[key] = value
         return int(shape[1]), int(shape[0])

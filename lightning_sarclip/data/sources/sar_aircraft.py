@@ -53,15 +53,16 @@ class SARAircraft(SARSource):
         for split in self.splits:
             if not self.wants(split):
                 continue
-            split_file = base / "ImageSets" / "Main" / f"{split}.txt"
+            split_file = self.contained(base / "ImageSets" / "Main" / f"{split}.txt")
             if not split_file.is_file():
                 raise DatasetNotFoundError(f"{self.name}: missing {split_file}. {self.expected_layout()}")
             for n, image_id in enumerate(read_list(split_file), start=1):
                 ann_file = inside(base / "Annotations", f"{image_id}.xml", split_file, f"line {n}")
-                if not ann_file.is_file():
+                if not self.contained(ann_file, f"line {n}", split_file).is_file():
                     raise SourceFormatError(split_file, f"line {n}", "an id with an Annotations/<id>.xml", image_id)
                 ann = parse_voc(ann_file)
-                image = require_image(inside(base / "JPEGImages", f"{image_id}.jpg", split_file, f"line {n}"), ann_file)
+                image = inside(base / "JPEGImages", f"{image_id}.jpg", split_file, f"line {n}")
+                image = require_image(self.contained(image, f"line {n}", split_file), ann_file)
                 yield SARRecord(
                     source=self.name,
                     source_id=image.relative_to(base).as_posix(),

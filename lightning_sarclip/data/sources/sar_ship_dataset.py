@@ -10,7 +10,7 @@ Sentinel-1 VV); ``newship*`` / ``ship*`` chips have neither.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,8 +36,8 @@ class SARShipDataset(SARSource):
     task: ClassVar[str] = "detection"
     caption_fields: ClassVar[tuple[str, ...]] = ("sensor", "band", "polarization")
 
-    def __init__(self, root: str | Path, split: str = "all") -> None:
-        super().__init__(root, split)
+    def __init__(self, root: str | Path, split: str = "all", *, allowed_roots: Sequence[str | Path] = ()) -> None:
+        super().__init__(root, split, allowed_roots=allowed_roots)
 
     @classmethod
     def expected_layout(cls) -> str:
@@ -54,10 +54,11 @@ class SARShipDataset(SARSource):
         if not labels:
             labels, fmt = sorted([*base.glob("*.xml"), *(base / "labelXml").glob("*.xml")]), "voc"
         for label_file in labels:
+            self.contained(label_file)
             image = base / f"{label_file.stem}.jpg"
             if fmt == "voc" and not image.is_file():
                 image = label_file.with_suffix(".jpg")
-            require_image(image, label_file)
+            require_image(self.contained(image), label_file)
             if fmt == "yolo":
                 size = image_size(image)
                 boxes = parse_yolo(label_file, size, {0: "ship"}, self.skip)

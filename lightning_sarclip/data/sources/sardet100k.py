@@ -42,7 +42,7 @@ class SARDet100K(SARSource):
         for split in self.splits:
             if not self.wants(split):
                 continue
-            ann_file = base / "Annotations" / f"{split}.json"
+            ann_file = self.contained(base / "Annotations" / f"{split}.json")
             if not ann_file.is_file():
                 if self.split == "all" and split == "test":
                     self.skip("test.json not released in this copy", ann_file)
@@ -53,7 +53,8 @@ class SARDet100K(SARSource):
                 if not path.is_file():  # the official MSFA config expects the split folders flattened
                     flat = inside(base / "JPEGImages", image.file_name, ann_file, f"image {image.id} file_name")
                     path = flat if flat.is_file() else path
-                require_image(path, ann_file, f"image {image.id} file_name")
+                require_image(self.contained(path, f"image {image.id} file_name", ann_file), ann_file,
+                              f"image {image.id} file_name")
                 yield SARRecord(
                     source=self.name,
                     source_id=path.relative_to(base).as_posix(),

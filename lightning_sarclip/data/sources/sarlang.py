@@ -18,7 +18,7 @@ corpus builder can keep SARDet-100K test images out of training.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
@@ -51,6 +51,7 @@ class SARLANG(SARSource):
         test_set: which test captions: ``"both"`` (default, complex and concise per image), ``"complex"`` or
             ``"concise"``.
         image_column / caption_column: CSV column names (unconfirmed; see the data card).
+        allowed_roots: folders outside ``root`` that symlinks may lead to (``SARSource.contained``).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
@@ -59,8 +60,9 @@ class SARLANG(SARSource):
     caption_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: str | Path, split: str = "train", *, test_set: str = "both",
-                 image_column: str = "image", caption_column: str = "caption") -> None:
-        super().__init__(root, split)
+                 image_column: str = "image", caption_column: str = "caption",
+                 allowed_roots: Sequence[str | Path] = ()) -> None:
+        super().__init__(root, split, allowed_roots=allowed_roots)
         if test_set not in TEST_SETS:
             raise ValueError(f"{self.name}: test_set must be one of {TEST_SETS}, got {test_set!r}")
         self.test_set = test_set
@@ -96,7 +98,7 @@ class SARLANG(SARSource):
                 if not path.is_file():
                     raise DatasetNotFoundError(f"{self.name}: caption file {path} not found. "
                                                f"{self.expected_layout()}")
-                self._read(path, kind, split, images, grouped)
+                self._read(self.contained(path), kind, split, images, grouped)
             yield from grouped.values()
 
     def _read(self, path: Path, kind: str, split: str, images: set[str],
@@ -104,7 +106,7 @@ class SARLANG(SARSource):
         """Add ``path``'s captions to ``grouped`` (an image's captions may span several files)."""
         columns, rows = read_table(path)
         require_columns(path, columns, {"image_column": self.image_column, "caption_column": self.caption_column})
-        for row_number, row in enumerate(rows, start=2):
+        for row_number, row in rows:
             name = self._image_name(path, row.get(self.image_column) or "", row_number)
             caption = (row.get(self.caption_column) or "").strip()
             if not caption:
@@ -119,8 +121,8 @@ class SARLANG(SARSource):
                 match = _SARDET_NAME.match(name)
                 if match:
                     metadata["sardet100k_id"] = match.group(1)
-                record = SARRecord(self.name, name, split, ImageRef(str(self.image_dir / name)),
-                                   metadata=metadata)
+                image = self.contained(self.image_dir / name, self.image_column, path)
+                record = SARRecord(self.name, name, split, ImageRef(str(image)), metadata=metadata)
                 grouped[name] = record
             record.captions.append(caption)
             record.metadata["caption_kinds"].append(kind)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -106,6 +106,7 @@ class SEN12MS(SARSource):
         split: ``"train"``, ``"test"`` (both need the official lists) or ``"all"``.
         scheme: ``"simplified"`` (10 classes, default) or ``"full"`` (17 IGBP classes).
         threshold: least fraction of the patch a class must cover to be listed (the dominant one always is).
+        allowed_roots: folders outside ``root`` that symlinks may lead to (``SARSource.contained``).
     """
 
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
@@ -115,14 +116,14 @@ class SEN12MS(SARSource):
     caption_fields: ClassVar[tuple[str, ...]] = ("season", "sensor", "polarization", "resolution_m")
 
     def __init__(self, root: str | Path, split: str = "train", scheme: str = "simplified",
-                 threshold: float = 0.1) -> None:
+                 threshold: float = 0.1, *, allowed_roots: Sequence[str | Path] = ()) -> None:
         if scheme not in ("simplified", "full"):
             raise ValueError(f"sen12ms: scheme must be 'simplified' or 'full', got {scheme!r}")
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"sen12ms: threshold must be a fraction in [0, 1], got {threshold}")
         self.scheme, self.threshold = scheme, threshold
         self.classnames = IGBP_SIMPLE if scheme == "simplified" else IGBP_FULL
-        super().__init__(root, split)
+        super().__init__(root, split, allowed_roots=allowed_roots)
 
     @classmethod
     def expected_layout(cls) -> str:
@@ -145,7 +146,7 @@ class SEN12MS(SARSource):
             return None
         assignment: dict[str, str] = {}
         for split, path in present.items():
-            for name in _split_list(path):
+            for name in _split_list(self.contained(path)):
                 if name in assignment:
                     raise SourceFormatError(path, name, "each patch in one split list only",
                                             f"also in {assignment[name]}_list.txt")
@@ -187,7 +188,7 @@ class SEN12MS(SARSource):
                     if not lc.is_file():
                         self.skip("S1 patch without its lc patch", s1)
                         continue
-                    record = self._record(s1, lc, match, split)
+                    record = self._record(self.contained(s1), self.contained(lc), match, split)
                     if record is not None:
                         yield record
         if assignment is not None:

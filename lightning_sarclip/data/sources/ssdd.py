@@ -10,7 +10,7 @@ refused rather than guessed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,11 +34,12 @@ class SSDD(SARSource):
     task: ClassVar[str] = "detection"
     caption_fields: ClassVar[tuple[str, ...]] = ("location",)
 
-    def __init__(self, root: str | Path, split: str = "train", box_type: str = "bbox") -> None:
+    def __init__(self, root: str | Path, split: str = "train", box_type: str = "bbox", *,
+                 allowed_roots: Sequence[str | Path] = ()) -> None:
         if box_type not in _BOX_FOLDERS:
             raise ValueError(f"ssdd: box_type must be one of {sorted(_BOX_FOLDERS)}, got {box_type!r}")
         self.box_type = box_type
-        super().__init__(root, split)
+        super().__init__(root, split, allowed_roots=allowed_roots)
 
     @classmethod
     def expected_layout(cls) -> str:
@@ -65,8 +66,8 @@ class SSDD(SARSource):
                 raise DatasetNotFoundError(f"{self.name}: missing {ann_dir} or {img_dir}. {self.expected_layout()}")
             location = self._locations(voc, split)
             for ann_file in sorted(ann_dir.glob("*.xml")):
-                ann = parse_voc(ann_file)
-                image = require_image(img_dir / f"{ann_file.stem}.jpg", ann_file)
+                ann = parse_voc(self.contained(ann_file))
+                image = require_image(self.contained(img_dir / f"{ann_file.stem}.jpg"), ann_file)
                 metadata: dict = {"box_type": self.box_type}
                 if ann_file.stem in location:
                     metadata["location"] = location[ann_file.stem]

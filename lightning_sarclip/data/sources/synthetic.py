@@ -8,7 +8,8 @@ classification chip).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -40,8 +41,9 @@ class SyntheticSource(SARSource):
     caption_fields: ClassVar[tuple[str, ...]] = ("sensor",)
 
     def __init__(self, root: str, split: str = "train", num_samples: int = 100, image_size: int = 64,
-                 in_chans: int = 1, seed: int = 0) -> None:
-        super().__init__(root, split)
+                 in_chans: int = 1, seed: int = 0, *, allowed_roots: Sequence[str | Path] = ()) -> None:
+        # no file is read, but every reader takes the same options (configs may set allowed_roots for all)
+        super().__init__(root, split, allowed_roots=allowed_roots)
         self.num_samples, self.image_size, self.in_chans, self.seed = num_samples, image_size, in_chans, seed
 
     def _records(self) -> Iterator[SARRecord]:

@@ -15,14 +15,8 @@ import yaml
 from PIL import Image
 
 from lightning_sarclip.commands.build_corpus import config_from_args
-from lightning_sarclip.data.corpus import (
-    CorpusConfig,
-    CorpusSource,
-    build_corpus,
-    decode_png,
-    perceptual_hash,
-    read_shard,
-)
+from lightning_sarclip.data.corpus import build_corpus, decode_png, perceptual_hash, read_shard
+from lightning_sarclip.data.corpus_config import CorpusConfig, CorpusSource
 from lightning_sarclip.data.samplers import WeightedEpochSampler
 from lightning_sarclip.training.datamodules import CorpusDataModule
 from tests.conftest import REPO_ROOT, TEST_ARCH

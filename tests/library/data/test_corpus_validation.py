@@ -18,13 +18,9 @@ from PIL import Image
 
 from lightning_sarclip.commands import build_corpus as command
 from lightning_sarclip.data import corpus
-from lightning_sarclip.data.corpus import (
-    CorpusConfig,
-    CorpusConfigError,
-    CorpusSource,
-    SourceChangedError,
-    build_corpus,
-)
+from lightning_sarclip.data.corpus import build_corpus
+from lightning_sarclip.data.corpus_config import CorpusConfig, CorpusConfigError, CorpusSource
+from lightning_sarclip.data.corpus_resume import SourceChangedError
 from lightning_sarclip.data.transforms import IntegerScale
 from tests.conftest import FIXTURES
 
@@ -294,3 +290,13 @@ def test_a_finished_corpus_is_finalised_again_without_its_sources(tmp_path):
     shutil.rmtree(root)  # e.g. the corpus was copied to a machine without the raw datasets
     again = build_corpus(config)
     assert again["images"] == first["images"] == 13 and again["images_this_run"] == 0
+
+
+def test_the_names_that_moved_out_of_corpus_are_still_importable_from_it():
+    from lightning_sarclip.data import corpus_config, corpus_resume
+
+    for module, names in ((corpus_config, ["CorpusConfig", "CorpusSource", "CorpusConfigError", "validate_config"]),
+                          (corpus_resume, ["SourceChangedError", "survey_sources", "record_fingerprint"])):
+        for name in names:
+            assert getattr(corpus, name) is getattr(module, name), name
+            assert name in corpus.__all__, name

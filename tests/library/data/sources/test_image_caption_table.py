@@ -96,14 +96,20 @@ def _copy(tmp_path: Path) -> Path:
 def test_paths_escaping_the_root_are_refused(tmp_path):
     root = _copy(tmp_path)
     (root / "train.csv").write_text("imgpath,caption\n../secret.png,a caption\n")
-    with pytest.raises(SourceFormatError, match=r"train\.csv.*imgpath.*'\.\./secret\.png'"):
+    with pytest.raises(SourceFormatError, match=r"train\.csv.*imgpath \(row 2\).*allowed_roots.*\.\./secret\.png"):
         records(root)
-    absolute = (root / "images" / "ship_001.png").resolve()
-    (root / "train.csv").write_text(f"imgpath,caption\n{absolute},a caption\n")
-    with pytest.raises(SourceFormatError, match="allow_outside_root"):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(root / "images" / "ship_001.png", outside / "ship.png")
+    (root / "train.csv").write_text(f"imgpath,caption\n{outside / 'ship.png'},a caption\n")
+    with pytest.raises(SourceFormatError, match="allowed_roots"):
         records(root)
-    _, recs = records(root, allow_outside_root=True)
-    assert recs[0].image.path == str(absolute)
+    _, recs = records(root, allowed_roots=[outside])
+    assert recs[0].image.path == str(outside / "ship.png")
+    # an absolute path (or one with '..') that really lies inside the table's folder needs no option
+    inside = (root / "images" / "ship_001.png").resolve()
+    (root / "train.csv").write_text(f"imgpath,caption\n{inside},a caption\nimages/../images/tank_001.png,b\n")
+    assert [r.image.path for r in records(root)[1]] == [str(inside), str(root / "images/../images/tank_001.png")]
 
 
 def test_missing_image_bad_split_and_empty_caption(tmp_path):

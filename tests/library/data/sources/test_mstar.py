@@ -186,9 +186,11 @@ def test_real_raw_chip_in_an_sdms_tree(tmp_path: Path) -> None:
     cd = tmp_path / "MSTAR_PUBLIC_MIXED_TARGETS_CD1" / "15_DEG" / "COL2" / "SCENE1" / "SLICY"
     cd.mkdir(parents=True)
     (cd / REAL_RAW.name).symlink_to(REAL_RAW)
-    source, records = _records(tmp_path, protocol="all")
+    with pytest.raises(SourceFormatError, match="allowed_roots"):  # the link leaves the root
+        _records(tmp_path, protocol="all")
+    source, records = _records(tmp_path, protocol="all", allowed_roots=[REAL_RAW.parent])
     assert len(records) == 1 and records[0].labels == ["SLICY"] and records[0].size == (54, 54)
     assert records[0].metadata["depression_deg"] == 15 and records[0].metadata["azimuth_deg"] == pytest.approx(162.952271)
     assert read_sar(records[0].image).data.shape == (54, 54, 1)
-    soc = MSTAR(tmp_path, split="all")
+    soc = MSTAR(tmp_path, split="all", allowed_roots=[REAL_RAW.parent])
     assert list(soc.records()) == [] and soc.skipped["not an SOC class (SLICY)"] == 1
