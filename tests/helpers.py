@@ -93,6 +93,32 @@ class PauseAtStep(pl.Callback):
             time.sleep(600)
 
 
+GATE_ENV = "SARCLIP_TEST_GATE"
+
+
+class GateAfterStep(pl.Callback):
+    """In runs started by a test with ``$SARCLIP_TEST_GATE=<file>``: from step ``step`` on, wait at every step end
+    until that file exists or a preemption signal has been received.
+
+    The test then requeues or signals a run that is certainly in its middle, however fast or slow the machine, and
+    creates the file before the restart (which would otherwise wait at the same step). Runs without the variable
+    pass straight through. The wait sleeps in short slices, so signal handlers run.
+    """
+
+    def __init__(self, step: int, timeout: float = 600.0):
+        self.step, self.timeout = step, timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        gate = os.environ.get(GATE_ENV)
+        if not gate or trainer.global_step < self.step:
+            return
+        deadline = time.monotonic() + self.timeout
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            if any(getattr(c, "received", None) is not None for c in trainer.callbacks):
+                return  # PreemptionCheckpoint noted a signal: let the step boundary act on it
+            time.sleep(0.05)
+
+
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

@@ -47,6 +47,12 @@ TOKENS = ["<", ">", "</", "/>", '"', "'", "&", "&amp;", "&#0;", ";", ",", "\t", 
           "true", "\x00", "..", "../", "/", "\\", " ", "é", "\ufeff", "<!DOCTYPE x [<!ENTITY a 'b'>]>", "&a;"]
 
 
+def _run_counted(check, counter: list) -> None:
+    """Run a hypothesis test and make sure it really tried (nearly) the configured number of distinct cases."""
+    check()
+    assert len(counter) >= 0.9 * FUZZ_EXAMPLES, f"only {len(counter)} fuzz cases ran, expected {FUZZ_EXAMPLES}"
+
+
 # ------------------------------------------------------------------------------------------------ mutations
 @st.composite
 def byte_mutations(draw, data: bytes) -> bytes:
@@ -180,16 +186,19 @@ def test_fuzz_binary_reader(fmt: str, tmp_path: Path) -> None:
     data, ref_kwargs = VALID[fmt]
     path = tmp_path / "chip.bin"
 
+    cases: list[int] = []
+
     @FUZZ
     @given(mutated=byte_mutations(data))
     def check(mutated: bytes) -> None:
+        cases.append(1)
         path.write_bytes(mutated)
         _read_and_convert(path, ref_kwargs)
 
     path.write_bytes(data)
     image = read_sar(ImageRef(str(path), **ref_kwargs))
     assert image.data.size > 0  # the unmutated file reads
-    check()
+    _run_counted(check, cases)
 
 
 # ------------------------------------------------------------------------------------------------ whole sources
@@ -214,13 +223,16 @@ def _opensarship_zip_root(tmp_path: Path) -> tuple[Path, bytes]:
 def test_fuzz_opensarship_zip(tmp_path: Path) -> None:
     root, data = _opensarship_zip_root(tmp_path)
 
+    cases: list[int] = []
+
     @FUZZ
     @given(mutated=byte_mutations(data))
     def check(mutated: bytes) -> None:
+        cases.append(1)
         (root / "OpenSARShip_2.zip").write_bytes(mutated)
         _list_and_caption("opensarship", root)
 
-    check()
+    _run_counted(check, cases)
 
 
 def _unpacked_opensarship(tmp_path: Path) -> tuple[Path, Path]:
@@ -278,13 +290,16 @@ def test_fuzz_text_reader(case: str, tmp_path: Path) -> None:
     original = target.read_text(encoding="utf-8")
     _list_and_caption(source, root, **options)  # the unmutated file lists
 
+    cases: list[int] = []
+
     @FUZZ
     @given(mutated=text_mutations(original))
     def check(mutated: str) -> None:
+        cases.append(1)
         target.write_text(mutated, encoding="utf-8", errors="surrogatepass")
         _list_and_caption(source, root, **options)
 
-    check()
+    _run_counted(check, cases)
 
 
 def test_fuzz_coco_json_structure(tmp_path: Path) -> None:
@@ -293,10 +308,13 @@ def test_fuzz_coco_json_structure(tmp_path: Path) -> None:
     target = root / "HRSID_JPG" / "annotations" / "train2017.json"
     document = json.loads(target.read_text())
 
+    cases: list[int] = []
+
     @FUZZ
     @given(mutated=json_mutations(document))
     def check(mutated) -> None:
+        cases.append(1)
         target.write_text(json.dumps(mutated, allow_nan=True))
         _list_and_caption("hrsid", root)
 
-    check()
+    _run_counted(check, cases)

@@ -190,3 +190,19 @@ def test_embed_never_writes_a_nonfinite_embedding_as_a_success(tmp_path: Path) -
     assert set(reasons) == {"nan_pixel.tif", "bright.tif"}
     assert "1 of 1024 pixel values are NaN" in reasons["nan_pixel.tif"]
     assert "non-finite embedding" in reasons["bright.tif"]
+
+
+def test_predict_never_writes_nonfinite_scores_as_a_prediction() -> None:
+    import torch
+
+    from lightning_sarclip.training.prediction import ZeroShotPredictionWriter
+
+    writer = ZeroShotPredictionWriter(classnames=["ship", "tank"], topk=2)
+    writer.classifier = torch.eye(2)  # (dim, classes): feature i votes for class i
+    features = torch.tensor([[1.0, 0.0], [float("nan"), 0.0], [0.0, 1.0]])
+    batch = {"index": torch.arange(3), "path": ["a.tif", "b.tif", "c.tif"], "error": ["", "", ""]}
+    writer.on_predict_batch_end(None, None, {"image_features": features}, batch, 0)
+    rows = {row["path"]: row for row in writer.rows}
+    assert rows["a.tif"]["labels"][0] == "ship" and rows["c.tif"]["labels"][0] == "tank"
+    assert rows["b.tif"]["labels"] == [] and rows["b.tif"]["scores"] == []
+    assert "non-finite scores" in rows["b.tif"]["error"] and "b.tif" in rows["b.tif"]["error"]

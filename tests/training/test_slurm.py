@@ -23,11 +23,13 @@ import yaml
 
 from lightning_sarclip.training.runs import finished
 from tests.conftest import REPO_ROOT, TEST_ARCH
+from tests.helpers import GATE_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 EPOCHS, NUM_TRAIN, BATCH = 2, 48, 4
 STEPS = EPOCHS * NUM_TRAIN // BATCH
+GATE_STEP = 6  # runs of _submit_fit wait here until the test has requeued or signalled them
 
 TRAIN_CONFIG = {
     "seed_everything": 0,
@@ -40,7 +42,10 @@ TRAIN_CONFIG = {
         "enable_progress_bar": False,
         "enable_model_summary": False,
         "deterministic": True,
-        "callbacks": [{"class_path": "tests.helpers.SlowSteps", "init_args": {"seconds": 0.25}}],
+        # The gate holds runs submitted by _submit_fit at step 6 until the test has acted (see GateAfterStep);
+        # sweep runs have no gate file and pass through.
+        "callbacks": [{"class_path": "tests.helpers.SlowSteps", "init_args": {"seconds": 0.25}},
+                      {"class_path": "tests.helpers.GateAfterStep", "init_args": {"step": GATE_STEP}}],
     },
     "model": {
         "class_path": "lightning_sarclip.training.module.SARCLIPModule",
@@ -148,9 +153,14 @@ def test_sweep_array_runs_every_task_to_the_end(sweep_runs):
 
 
 def _submit_fit(name: str, env: dict, train_config: Path, tmp_path: Path, *extra: str) -> tuple[str, Path, Path]:
-    """``sbatch experiments/slurm/fit.sbatch`` of the tiny config on 1 CPU task; (job id, logs, last.ckpt)."""
+    """``sbatch experiments/slurm/fit.sbatch`` of the tiny config on 1 CPU task; (job id, logs, last.ckpt).
+
+    The run waits at step ``GATE_STEP`` until ``<logs>/gate`` exists (or it received a preemption signal):
+    :func:`_release_when_pending` creates the file before the restart is released.
+    """
     logs = tmp_path / "logs"
     logs.mkdir()
+    env = {**env, GATE_ENV: str(logs / "gate")}
     submit = [
         "sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=1", "--cpus-per-task=1", "--mem=1000",
         f"--job-name={name}-test", f"--output={logs}/%j.out",
@@ -169,7 +179,7 @@ def _wait_for_step(job_id: str, last: Path, step: int, env: dict, logs: Path) ->
         assert _job_state(job_id, env), f"job ended before it could be interrupted:\n{_logs(logs)}"
         time.sleep(0.2)
     reached = _checkpoint_step(last)
-    assert reached < STEPS - 3, "the job ran too fast to be interrupted in the middle"
+    assert reached <= GATE_STEP, "the run passed its gate before the test acted"
     return reached
 
 
@@ -180,6 +190,7 @@ def _release_when_pending(job_id: str, env: dict, logs: Path) -> None:
     while _job_state(job_id, env) != "PENDING":
         assert time.monotonic() < deadline, f"the requeued job never became PENDING:\n{_logs(logs)}"
         time.sleep(0.5)
+    (logs / "gate").touch()  # the restart must not wait at the gate step again
     released = _run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env)
     assert released.returncode == 0, released.stderr
 

@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -126,25 +125,41 @@ def _synthetic_config(out: Path, root: Path, n: int = 60) -> list[str]:
     return ["--config", str(path)]
 
 
+#: run build-corpus in a child that stops for good after its third shard is on disk and says so: the kill then
+#: always lands between shards 3 and 4, never by timing luck
+_PAUSE_AFTER_THIRD_SHARD = """
+import sys, threading
+from lightning_sarclip.data import corpus
+flush, written = corpus._flush, []
+def flush_then_pause(*args, **kwargs):
+    flush(*args, **kwargs)
+    written.append(1)
+    if len(written) == 3:
+        print("three shards written", flush=True)
+        threading.Event().wait()
+corpus._flush = flush_then_pause
+from lightning_sarclip.commands.build_corpus import main
+main(sys.argv[1:])
+"""
+
+
 def test_resume_after_kill_gives_the_same_manifest(tmp_path):
     straight = tmp_path / "straight"
     build_corpus(config_from_args(_synthetic_config(straight, tmp_path, n=200)))
 
     killed = tmp_path / "killed"
-    args = [sys.executable, "-m", "lightning_sarclip", "build-corpus", *_synthetic_config(killed, tmp_path, n=200)]
-    process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [sys.executable, "-c", _PAUSE_AFTER_THIRD_SHARD, *_synthetic_config(killed, tmp_path, n=200)]
+    process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline().strip() == "three shards written", "the build ended before its 3rd shard"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
     state = killed / "build_state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if state.exists() and '"file"' in state.read_text() and state.read_text().count('"file"') >= 3:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the build finished before it could be killed; make it larger"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
     assert not (killed / "manifest.parquet").exists()
     done_before = state.read_text().count('"file"')
-    assert 3 <= done_before < 60
+    assert done_before == 3
 
     summary = build_corpus(config_from_args(_synthetic_config(killed, tmp_path, n=200)))
     assert summary["images_this_run"] == 600 - done_before * 10
