@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     model.add_argument("--in-chans", type=int, default=None, help="SAR channels (default: checkpoint's, else 1)")
     model.add_argument("--channel-mode", default=None, help="replicate / vv_vh_mean / identity / fold / auto")
     model.add_argument("--device", default="cpu")
+    model.add_argument("--allow-random-weights", action="store_true",
+                       help="embed with an architecture's random initial weights (a baseline); refused otherwise")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", help="folder of images (listed recursively unless --no-recursive)")
     what.add_argument("--texts", help="text file, one text per line")
@@ -163,10 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.ckpt and args.pretrained:
         parser.error("--ckpt and --pretrained name the weights twice; give one of them")
 
-    from lightning_sarclip.models.loading import load_model
+    from lightning_sarclip.models.loading import RandomWeightsError, load_model
 
-    loaded = load_model(args.model_name, args.ckpt or args.pretrained, in_chans=args.in_chans,
-                        channel_mode=args.channel_mode, device=args.device)
+    try:
+        loaded = load_model(args.model_name, args.ckpt or args.pretrained, in_chans=args.in_chans,
+                            channel_mode=args.channel_mode, device=args.device,
+                            allow_random_weights=args.allow_random_weights)
+    except RandomWeightsError as err:
+        parser.error(f"{err} (--ckpt, --pretrained, or --allow-random-weights)")
     metadata: dict[str, Any] = {
         "model": loaded.name, "checkpoint": loaded.checkpoint, "checkpoint_hash": loaded.checkpoint_hash,
         "image_size": loaded.image_size, "in_chans": loaded.in_chans,

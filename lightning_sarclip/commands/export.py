@@ -85,14 +85,14 @@ def training_normalisation(hparams: dict[str, Any]) -> tuple[list[float], list[f
     """``(mean, std, where from)``: the module's statistics, else those of its open_clip tag, else open_clip's."""
     import open_clip
 
+    from lightning_sarclip.models.factory import tag_config
+
     mean, std = hparams.get("image_mean"), hparams.get("image_std")
     source = "module image_mean/image_std"
     default_mean, default_std = list(open_clip.OPENAI_DATASET_MEAN), list(open_clip.OPENAI_DATASET_STD)
     if mean is None or std is None:
-        tag_cfg = {}
         pretrained = hparams.get("pretrained")
-        if pretrained and not Path(str(pretrained)).exists() and not str(pretrained).startswith("hf-hub:"):
-            tag_cfg = open_clip.get_pretrained_cfg(hparams["model_name"], pretrained) or {}
+        tag_cfg = tag_config(hparams["model_name"], pretrained)
         default_mean = list(tag_cfg.get("mean", default_mean))
         default_std = list(tag_cfg.get("std", default_std))
         source = f"statistics of open_clip tag {pretrained!r}" if tag_cfg else "open_clip default (OpenAI CLIP)"
@@ -101,10 +101,14 @@ def training_normalisation(hparams: dict[str, Any]) -> tuple[list[float], list[f
 
 def open_clip_config(hparams: dict[str, Any]) -> dict[str, Any]:
     """The ``open_clip_config.json`` content for a run with these hyper-parameters."""
+    from lightning_sarclip.models.factory import tag_config
+
     model_cfg = json.loads(json.dumps(architecture_config(hparams["model_name"])))
     if hparams.get("image_size"):
         model_cfg.setdefault("vision_cfg", {})["image_size"] = int(hparams["image_size"])
-    if hparams.get("force_quick_gelu"):
+    # QuickGELU when the run asked for it or when its starting tag was built with it (OpenAI's): open_clip turns it
+    # on for such tags at training time, and a stock GELU model would give other embeddings from the same weights.
+    if hparams.get("force_quick_gelu") or tag_config(hparams["model_name"], hparams.get("pretrained")).get("quick_gelu"):
         model_cfg["quick_gelu"] = True
     size = model_cfg.get("vision_cfg", {}).get("image_size", 224)
     mean, std, _ = training_normalisation(hparams)

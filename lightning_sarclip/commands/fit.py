@@ -17,6 +17,7 @@ A :class:`~lightning.pytorch.cli.LightningCLI` with the conventions of torchgeo'
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -30,6 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightning_sarclip.training  # noqa: F401  (datamodules, callbacks: class_path short names)
 from lightning_sarclip.models.checkpoints import CheckpointError, read_checkpoint
+from lightning_sarclip.models.factory import has_weights, weights_follow
 from lightning_sarclip.training.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
 from lightning_sarclip.training.datamodules import SARDataModule
 from lightning_sarclip.training.module import SARCLIPModule
@@ -71,6 +73,9 @@ class SARCLIPCLI(LightningCLI):
         # Preemption signals -> consistent last.ckpt at a step boundary + Slurm requeue; `preemption.signals: []`
         # switches it off (and leaves Slurm to Lightning's in-handler hpc_ckpt save).
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_argument("--allow_random_weights", type=bool, default=False,
+                            help="validate/test/predict without trained weights (a random baseline); refused "
+                            "otherwise")
         parser.link_arguments("data.init_args.image_size", "model.init_args.image_size")
         parser.link_arguments("data.init_args.in_chans", "model.init_args.in_chans")
         parser.link_arguments("model.init_args.model_name", "data.init_args.tokenizer")
@@ -116,25 +121,20 @@ class SARCLIPCLI(LightningCLI):
             raise
 
     def instantiate_classes(self) -> None:
-        """Check the data first (cheap), then build everything: a missing root or a misspelt source option must
-        not wait for the model and its pretrained weights (minutes for ViT-L) to be built."""
-        if self.subcommand:  # a run; ``run=False`` (building the objects to inspect them) checks nothing
-            check_data_first(self.config[self.subcommand].get("data"))
-        super().instantiate_classes()
-
-    def before_fit(self) -> None:
-        """``--ckpt_path last``: the newest of ``last.ckpt`` and Lightning's Slurm ``hpc_ckpt_*``, or a fresh start.
-
-        One command line then serves a run's first start and every restart after preemption or requeue
-        (see :mod:`lightning_sarclip.training.runs`).
-        """
-        config = self.config_init["fit"]
-        if config.get("ckpt_path") == "last":
-            callback = self.trainer.checkpoint_callback
-            found = resume_checkpoint(self.trainer.default_root_dir, getattr(callback, "dirpath", None))
-            config["ckpt_path"] = str(found) if found is not None else None
-            if found is not None:
-                log.info("resuming %s from %s", config.get("name"), found)
+        """Before anything is built: resolve ``--ckpt_path last``, refuse to evaluate or predict with random
+        weights, and check the data (cheap), so that a typo does not wait for the model and its pretrained weights
+        (minutes for ViT-L). With a checkpoint to load, the model is built as the run's was without fetching the
+        weights it started from (:func:`~lightning_sarclip.models.factory.weights_follow`)."""
+        if not self.subcommand:  # ``run=False`` (building the objects to inspect them): nothing to check
+            super().instantiate_classes()
+            return
+        config = self.config[self.subcommand]
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            config["ckpt_path"] = resolve_last(config)
+        refuse_random_weights(self.subcommand, config)
+        check_data_first(config.get("data"))
+        with weights_follow() if config.get("ckpt_path") else contextlib.nullcontext():
+            super().instantiate_classes()
 
     def after_fit(self) -> None:
         """Mark a run that reached its end (``finished.json``): sweeps skip it, restarts know it is done.
@@ -147,6 +147,35 @@ class SARCLIPCLI(LightningCLI):
         if trainer.is_global_zero:
             mark_finished(trainer.default_root_dir, global_step=trainer.global_step, epoch=trainer.current_epoch,
                           name=self.config_init["fit"].get("name"))
+
+
+def resolve_last(config: Any) -> str | None:
+    """``--ckpt_path last``: the newest of ``last.ckpt`` and Lightning's Slurm ``hpc_ckpt_*`` of this run, or
+    ``None`` (a fresh start). One command line then serves a run's first start and every restart after preemption
+    or requeue (see :mod:`lightning_sarclip.training.runs`)."""
+    found = resume_checkpoint(config["trainer"]["default_root_dir"], config["checkpoint"].get("dirpath"))
+    if found is not None:
+        log.info("resuming %s from %s", config.get("name"), found)
+    return str(found) if found is not None else None
+
+
+#: subcommands that use a model rather than train it: without trained weights their output means nothing
+USES_TRAINED_WEIGHTS = ("validate", "test", "predict")
+
+
+def refuse_random_weights(subcommand: str, config: Any) -> None:
+    """``predict``/``validate``/``test`` need a checkpoint (``--ckpt_path``) or pretrained weights; a randomly
+    initialised model would label every image and exit 0. ``--allow_random_weights true`` is for a baseline."""
+    if subcommand not in USES_TRAINED_WEIGHTS or config.get("ckpt_path") or config.get("allow_random_weights"):
+        return
+    model = config.get("model")
+    init_args = (model.get("init_args") if model is not None else None) or {}
+    if has_weights(str(init_args.get("model_name") or ""), init_args.get("pretrained")):
+        return
+    print(f"error: {subcommand} would use a randomly initialised model: give the trained weights with --ckpt_path "
+          "runs/<name>/checkpoints/last.ckpt (or --model.init_args.pretrained), or pass --allow_random_weights true "
+          "for a deliberate random baseline", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def check_data_first(data: Any) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from lightning_sarclip.data.image import SARImage, SARReadError, kind_of_integer, register_format
 from lightning_sarclip.data.limits import check_image_pixels
+from lightning_sarclip.data.matv5 import check_mat_v5
 from lightning_sarclip.data.records import ImageRef
 
 # --------------------------------------------------------------------------------------------------- MSTAR raw
@@ -160,6 +161,7 @@ def _check_mat_shape(name: str, key: str, shape: tuple[int, ...]) -> None:
 def _mat_v5_arrays(data: bytes, name: str) -> dict[str, np.ndarray]:
     from scipy.io import loadmat, whosmat
 
+    check_mat_v5(data, name)  # SciPy's C reader trusts declared sizes: a malformed file could crash the process
     for key, shape, _ in whosmat(io.BytesIO(data)):  # headers only: a compressed variable is not inflated here
         _check_mat_shape(name, key, tuple(shape))
     raw = loadmat(io.BytesIO(data), squeeze_me=False)

@@ -67,6 +67,8 @@ class ModelSpec:
         wiseft_from: the zero-shot weights (open_clip tag or file of the same architecture) to interpolate
             with ``pretrained`` (the fine-tuned ones) for WiSE-FT; every dataset is then also evaluated at each
             of ``wiseft_alphas`` (0 = zero-shot weights, 1 = fine-tuned), as ``task: wiseft`` rows.
+        allow_random_weights: evaluate an architecture without weights (a random baseline); without it a model
+            with no ``pretrained`` (and no ``hf-hub:``/``local-dir:`` name) is refused.
     """
 
     model_name: str | None = None
@@ -79,6 +81,7 @@ class ModelSpec:
     image_std: list[float] | None = None
     wiseft_from: str | None = None
     wiseft_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    allow_random_weights: bool = False
 
 
 @dataclass
@@ -152,6 +155,16 @@ def check_config(config: EvalConfig) -> None:
     """Static checks (no file access): task names, unique dataset names, positive sizes."""
     if not config.datasets:
         raise ValueError("evaluate: the suite lists no datasets")
+    from lightning_sarclip.models.factory import has_weights
+
+    model = config.model
+    if model is not None and not model.allow_random_weights and not has_weights(model.model_name or "",
+                                                                                 model.pretrained):
+        raise ValueError(
+            "evaluate: model.pretrained is not set, so the model would be evaluated with randomly initialised "
+            "weights; set --model.pretrained (our .ckpt, an open_clip tag, a checkpoint file or an hf-hub: id), "
+            "or --model.allow_random_weights true for a random baseline"
+        )
     names = [d.name for d in config.datasets]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -653,7 +666,7 @@ def run(config: EvalConfig) -> list[dict[str, Any]]:
     spec = config.model
     loaded = load_model(spec.model_name, spec.pretrained, in_chans=spec.in_chans, channel_mode=spec.channel_mode,
                         image_size=spec.image_size, image_mean=spec.image_mean, image_std=spec.image_std,
-                        device=device)
+                        device=device, allow_random_weights=spec.allow_random_weights)
     model_label = default_model_name(spec, loaded.name)
     prepared = [prepare_dataset(d, loaded.image_size, loaded.in_chans) for d in config.datasets]
     output = Path(config.output)

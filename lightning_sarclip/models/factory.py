@@ -22,10 +22,12 @@ config and weights both come from there and ``pretrained`` must be left empty.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -148,6 +150,58 @@ def image_size_of(model: nn.Module) -> int:
     return int(size)
 
 
+_RANDOM_INIT_NOTE = "No pretrained weights loaded for model"
+_WEIGHTS_FOLLOW: contextvars.ContextVar[bool] = contextvars.ContextVar("weights_follow", default=False)
+#: what a pretrained tag's config says about preprocessing (open_clip's PreprocessCfg fields)
+_TAG_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+
+
+def _drop_random_init_note(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_RANDOM_INIT_NOTE)
+
+
+@contextlib.contextmanager
+def _quiet_random_init_note() -> Iterator[None]:
+    root = logging.getLogger()  # open_clip logs through the root logger
+    root.addFilter(_drop_random_init_note)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_random_init_note)
+
+
+@contextlib.contextmanager
+def weights_follow() -> Iterator[None]:
+    """Build models whose trained weights are loaded right after (a resume, ``--ckpt_path``, our ``.ckpt``).
+
+    Inside this block :func:`create_model` builds the architecture that ``pretrained`` *was*, without reading or
+    downloading its weights: a pretrained tag still decides the activation (OpenAI's tags use QuickGELU) and the
+    preprocessing statistics, exactly as when the run was trained, but nothing is fetched (so an offline machine
+    can load a checkpoint fine-tuned from ``openai``, and a file named at training time need not exist here).
+    open_clip's "No pretrained weights loaded ... Model initialized randomly" note is dropped too.
+    """
+    token = _WEIGHTS_FOLLOW.set(True)
+    try:
+        with _quiet_random_init_note():
+            yield
+    finally:
+        _WEIGHTS_FOLLOW.reset(token)
+
+
+def tag_config(model_name: str, pretrained: str | os.PathLike | None) -> dict[str, Any]:
+    """open_clip's config of ``pretrained`` when it is a tag of ``model_name`` (``{}`` otherwise): the weights'
+    activation (``quick_gelu``) and preprocessing (``mean``, ``std`` ...), without downloading anything."""
+    if not pretrained or str(pretrained) not in open_clip.list_pretrained_tags_by_model(model_name):
+        return {}
+    return dict(open_clip.get_pretrained_cfg(model_name, str(pretrained)) or {})
+
+
+def has_weights(model_name: str, pretrained: str | os.PathLike | None) -> bool:
+    """Whether ``model_name`` + ``pretrained`` name trained weights (a tag, a file, ``hf-hub:``/``local-dir:``
+    models that carry their own), rather than a randomly initialised architecture."""
+    return pretrained is not None or str(model_name).startswith(("hf-hub:", "local-dir:"))
+
+
 def create_model(
     model_name: str,
     pretrained: str | os.PathLike | None = None,
@@ -171,17 +225,27 @@ def create_model(
     """
     check_architecture(model_name)
     channel_mode = resolve_channel_mode(in_chans, channel_mode)
-    source = resolve_pretrained(model_name, pretrained)
+    preprocess: dict[str, Any] | None = None
+    if _WEIGHTS_FOLLOW.get():  # the architecture the weights were trained as; the weights come later
+        source = None
+        built_as = tag_config(model_name, pretrained)
+        force_quick_gelu = force_quick_gelu or bool(built_as.get("quick_gelu", False))
+        preprocess = {key: built_as[key] for key in _TAG_PREPROCESS_KEYS if built_as.get(key) is not None} or None
+    else:
+        source = resolve_pretrained(model_name, pretrained)
     tag = source[1] if source and source[0] == "tag" else None
-    model = open_clip.create_model(
-        model_name,
-        pretrained=tag,
-        force_image_size=image_size,
-        force_quick_gelu=force_quick_gelu,
-        cache_dir=cache_dir,
-        precision=precision,
-        device=device,
-    )
+    weights_later = source is not None and source[0] in ("file", "hf")
+    with _quiet_random_init_note() if weights_later else contextlib.nullcontext():
+        model = open_clip.create_model(
+            model_name,
+            pretrained=tag,
+            force_image_size=image_size,
+            force_quick_gelu=force_quick_gelu,
+            force_preprocess_cfg=preprocess,
+            cache_dir=cache_dir,
+            precision=precision,
+            device=device,
+        )
     if source and source[0] in ("file", "hf"):
         path = source[1] if source[0] == "file" else _download_from_hub(source[1], cache_dir)
         load_checkpoint(model, path, allow_shape_mismatch=allow_shape_mismatch)

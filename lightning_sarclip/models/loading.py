@@ -10,6 +10,7 @@ normalisation), so they need no other argument: ``load_model(pretrained="runs/qu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -21,7 +22,14 @@ import torch
 from torch import nn
 
 from lightning_sarclip.models.checkpoints import lightning_hyperparameters, load_checkpoint, read_checkpoint
-from lightning_sarclip.models.factory import build_input_adapter, create_model, image_size_of
+from lightning_sarclip.models.factory import (
+    build_input_adapter,
+    create_model,
+    has_weights,
+    image_size_of,
+    tag_config,
+    weights_follow,
+)
 from lightning_sarclip.models.sar_stem import SARInputAdapter
 
 
@@ -86,13 +94,13 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], 
 
 def tag_statistics(model_name: str, pretrained: str | None) -> tuple[list[float] | None, list[float] | None]:
     """Mean/std of an open_clip pretrained tag (``None`` when ``pretrained`` is not a tag of ``model_name``)."""
-    import open_clip
-
-    if not pretrained or pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
-        return None, None
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    cfg = tag_config(model_name, pretrained)
     mean, std = cfg.get("mean"), cfg.get("std")
     return (list(mean) if mean else None), (list(std) if std else None)
+
+
+class RandomWeightsError(ValueError):
+    """A command was asked to use a model without trained weights (see :func:`load_model`)."""
 
 
 def load_model(
@@ -105,11 +113,16 @@ def load_model(
     image_mean: list[float] | None = None,
     image_std: list[float] | None = None,
     device: str | torch.device = "cpu",
+    allow_random_weights: bool = False,
 ) -> LoadedModel:
     """Build the model named by ``model_name`` with weights ``pretrained`` (tag, file, ``hf-hub:``, our ``.ckpt``).
 
     For our ``.ckpt`` the architecture and SAR settings come from its hyper-parameters; explicit arguments
     override them. Otherwise ``model_name`` is required and ``in_chans`` defaults to 1.
+
+    Without weights (a bare architecture name and no ``pretrained``) it raises :class:`RandomWeightsError`: the
+    commands built on it (``evaluate``, ``embed``) would otherwise label, embed or score with a randomly
+    initialised model and succeed. ``allow_random_weights=True`` is for a deliberate random baseline.
     """
     ours = read_lightning_checkpoint(pretrained) if pretrained is not None else None
     lightning_ckpt = ours is not None
@@ -117,6 +130,12 @@ def load_model(
     model_name = model_name or hparams.get("model_name")
     if model_name is None:
         raise ValueError("load_model: model_name is required unless pretrained is one of our .ckpt files")
+    if not lightning_ckpt and not allow_random_weights and not has_weights(model_name, pretrained):
+        raise RandomWeightsError(
+            f"no trained weights given for {model_name!r}: it would run with randomly initialised weights. Name the "
+            "weights (our .ckpt, an open_clip tag such as 'openai', a checkpoint file or an hf-hub: id), or allow "
+            "random weights explicitly for a baseline"
+        )
     settings = {
         "in_chans": in_chans if in_chans is not None else hparams.get("in_chans", 1),
         "channel_mode": channel_mode or hparams.get("channel_mode", "auto"),
@@ -124,22 +143,19 @@ def load_model(
         "image_mean": image_mean if image_mean is not None else hparams.get("image_mean"),
         "image_std": image_std if image_std is not None else hparams.get("image_std"),
     }
-    if lightning_ckpt and settings["image_mean"] is None:
-        # Trained from an open_clip tag: the run normalised with that tag's statistics (open_clip's
-        # preprocess_cfg), which the random-init model built here would not know.
-        tag_mean, tag_std = tag_statistics(model_name, hparams.get("pretrained"))
-        settings["image_mean"] = tag_mean
-        settings["image_std"] = settings["image_std"] if settings["image_std"] is not None else tag_std
-    created = create_model(
-        model_name,
-        None if lightning_ckpt else pretrained,
-        image_size=settings["image_size"],
-        in_chans=settings["in_chans"],
-        channel_mode=settings["channel_mode"],
-        image_mean=settings["image_mean"],
-        image_std=settings["image_std"],
-        force_quick_gelu=bool(hparams.get("force_quick_gelu", False)),
-    )
+    # Our .ckpt is loaded right below: the model is built as the run's was (its tag's activation and statistics,
+    # see weights_follow), without fetching the weights it started from.
+    with weights_follow() if lightning_ckpt else contextlib.nullcontext():
+        created = create_model(
+            model_name,
+            hparams.get("pretrained") if lightning_ckpt else pretrained,
+            image_size=settings["image_size"],
+            in_chans=settings["in_chans"],
+            channel_mode=settings["channel_mode"],
+            image_mean=settings["image_mean"],
+            image_std=settings["image_std"],
+            force_quick_gelu=bool(hparams.get("force_quick_gelu", False)),
+        )
     model = created.model
     if lightning_ckpt:
         # The module keeps the open_clip model as ``model``: the loader strips that prefix by best match.

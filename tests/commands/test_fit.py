@@ -27,7 +27,9 @@ SMALL = [
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test"])
 def test_fast_dev_run(subcommand, tmp_path, capsys):
-    main([subcommand, "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1"])
+    random_ok = [] if subcommand == "fit" else ["--allow_random_weights", "true"]  # a smoke run: no weights
+    main([subcommand, "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1",
+          *random_ok])
     printed = capsys.readouterr().out
     stage = "test" if subcommand == "test" else "val"
     # Our table: a row per metric under a column named after the stage (Lightning's own table: "val/loss" ...).
@@ -35,6 +37,16 @@ def test_fast_dev_run(subcommand, tmp_path, capsys):
     assert table.split("\n")[1].split() == ["metric", stage]
     rows = {line.split()[0] for line in table.strip().splitlines()[2:]}
     assert {"loss", "i2t_R@1", "t2i_R@10", "mean_recall", "zeroshot_top1", "zeroshot_mean_per_class"} <= rows
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_using_a_model_without_weights_is_refused_naming_the_flags(subcommand, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "randomly initialised" in message and "--ckpt_path" in message and "--allow_random_weights" in message
+    assert not (tmp_path / "quickstart").exists()  # refused before anything was built or written
 
 
 def test_print_config_round_trips(tmp_path):
@@ -116,7 +128,7 @@ def test_corrupt_checkpoint_stops_before_training(tmp_path):
 
 def test_predict_returns_image_features(tmp_path):
     cli = SARCLIPCLI(args=["predict", "--config", QUICK, *SMALL, "--run_root", str(tmp_path),
-                           "--trainer.fast_dev_run", "1"])
+                           "--trainer.fast_dev_run", "1", "--allow_random_weights", "true"])
     predictions = cli.trainer.predict_loop.predictions
     assert predictions and predictions[0]["image_features"].shape == (4, 32)
 

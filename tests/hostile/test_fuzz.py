@@ -150,9 +150,11 @@ def _valid_files() -> dict[str, tuple[bytes, dict]]:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (12, 10), dtype=np.uint8)).save(buffer, fmt)
         files[fmt.lower()] = (buffer.getvalue(), {"format": "pillow"})
-    buffer = io.BytesIO()
-    savemat(buffer, {"img": rng.normal(size=(9, 7)) + 1j * rng.normal(size=(9, 7))})
-    files["mat"] = (buffer.getvalue(), {"format": "mat"})
+    for name, compress in (("mat", False), ("mat_compressed", True)):  # SciPy's C reader crashed on these
+        buffer = io.BytesIO()
+        savemat(buffer, {"img": rng.normal(size=(9, 7)) + 1j * rng.normal(size=(9, 7)), "az": np.array([[1.5]])},
+                do_compression=compress)
+        files[name] = (buffer.getvalue(), {"format": "mat", "options": (("mat_key", "img"),)})
     return files
 
 

@@ -17,6 +17,7 @@ a measured chip and its simulation together.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 import lightning_sarclip.data.formats  # noqa: F401  (registers the mat format)
+from lightning_sarclip.data.matv5 import check_mat_v5
 from lightning_sarclip.data.records import ImageRef, SARRecord
 from lightning_sarclip.data.sources._metadata import ANGLE_0_90, ANGLE_0_360, POSITIVE, checked_number
 from lightning_sarclip.data.sources.base import (
@@ -167,8 +169,10 @@ class SAMPLE(SARSource):
         """Check the variables, read the scalars into ``metadata``, return ``(width, height)`` of complex_img."""
         from scipy.io import loadmat, whosmat
 
+        data = mat.read_bytes()
         try:
-            variables = {name: shape for name, shape, _ in whosmat(mat)}
+            check_mat_v5(data, str(mat))  # before SciPy's C reader, which a malformed file can crash
+            variables = {name: shape for name, shape, _ in whosmat(io.BytesIO(data))}
         except Exception as err:  # noqa: BLE001 - any scipy failure means the file is not a v5 .mat
             raise SourceFormatError(mat, "MATLAB file", "a MATLAB v5 .mat readable by scipy.io", str(err)) from err
         if set(variables) != MAT_KEYS:
@@ -178,7 +182,10 @@ class SAMPLE(SARSource):
         shape = variables["complex_img"]
         if len(shape) != 2:
             raise SourceFormatError(mat, "complex_img", "a 2-D array", shape)
-        values = loadmat(mat, variable_names=list(MAT_METADATA))
+        try:
+            values = loadmat(io.BytesIO(data), variable_names=list(MAT_METADATA))
+        except Exception as err:  # noqa: BLE001 - as above
+            raise SourceFormatError(mat, "MATLAB file", "a MATLAB v5 .mat readable by scipy.io", str(err)) from err
         for name, key in MAT_METADATA.items():
             try:
                 value = _scalar(values[name])

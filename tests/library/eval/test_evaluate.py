@@ -105,8 +105,17 @@ def test_suite_roots_follow_sar_data_and_overrides(monkeypatch: pytest.MonkeyPat
 def _suite(tmp_path: Path, datasets: list[dict], model: dict | None = None) -> Path:
     path = tmp_path / "suite.yaml"
     path.write_text(json.dumps({"output": str(tmp_path / "out" / "results.jsonl"),
-                                "model": model or {"model_name": TEST_ARCH}, "datasets": datasets}))
+                                "model": model or {"model_name": TEST_ARCH, "allow_random_weights": True},
+                                "datasets": datasets}))
     return path
+
+
+def test_a_model_without_weights_is_refused_unless_allowed(tmp_path: Path) -> None:
+    good = {"name": "cf", "source": "class_folder", "root": str(CLASS_FOLDER), "split": "test"}
+    suite = _suite(tmp_path, [good], model={"model_name": TEST_ARCH})
+    with pytest.raises(ValueError, match=r"randomly initialised.*--model.pretrained.*--model.allow_random_weights"):
+        evaluate_command.main(["--config", str(suite)])
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_inputs_fail_before_anything_is_embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -234,7 +243,7 @@ def test_wise_ft_path_ends_at_both_models(trained_checkpoint: Path, tmp_path: Pa
     from lightning_sarclip.models.loading import load_model
 
     # The "zero-shot" weights: the same architecture with other (random) weights, saved as a plain file.
-    zeroshot = load_model(TEST_ARCH).model
+    zeroshot = load_model(TEST_ARCH, allow_random_weights=True).model
     path = tmp_path / "zeroshot.pt"
     torch.save(zeroshot.state_dict(), path)
     datasets = [{"name": "chips", "source": "class_folder", "root": str(CLASS_FOLDER), "split": "test",

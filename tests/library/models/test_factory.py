@@ -105,3 +105,26 @@ def test_bad_channel_settings(in_chans, mode, message):
 def test_adapter_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match=r"expected a \(B, 2, H, W\) batch"):
         SARInputAdapter(2)(torch.rand(1, 1, 8, 8))
+
+
+def test_weights_follow_builds_the_tags_architecture_without_fetching(monkeypatch, caplog) -> None:
+    """A checkpoint fine-tuned from OpenAI's tag is rebuilt as it was trained (QuickGELU, OpenAI statistics)
+    without downloading the tag's weights, and without open_clip's "initialized randomly" note."""
+    import logging
+
+    import open_clip
+
+    from lightning_sarclip.models.factory import weights_follow
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("weights were fetched although a checkpoint follows")
+
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", no_download)
+    caplog.set_level(logging.WARNING)
+    with weights_follow():
+        model = create_model("ViT-B-32", "openai").model
+    assert type(model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert tuple(model.visual.preprocess_cfg["mean"]) == tuple(open_clip.OPENAI_DATASET_MEAN)
+    assert "initialized randomly" not in caplog.text
+    with pytest.raises(RuntimeError, match="fetched"):  # outside the block the tag's weights are loaded
+        create_model("ViT-B-32", "openai")
