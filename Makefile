@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 quickstart: install
-	$(PY) -m lightning_sarclip fit --config experiments/quickstart.yaml
+	$(PY) -m lightning_sarclip fit --config experiments/quickstart.yaml --ckpt_path last
 
 lint: install
 	$(VENV)/bin/ruff check lightning_sarclip tests benchmarks

@@ -32,6 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import lightning_sarclip.training  # noqa: F401  (datamodules, callbacks: class_path short names)
 from lightning_sarclip.models.checkpoints import CheckpointError, read_checkpoint
 from lightning_sarclip.models.factory import has_weights, weights_follow
+from lightning_sarclip.training.callbacks import format_table
 from lightning_sarclip.training.checkpoint_io import RunCheckpoint, with_atomic_checkpoint_io
 from lightning_sarclip.training.datamodules import SARDataModule
 from lightning_sarclip.training.module import SARCLIPModule
@@ -42,7 +43,7 @@ from lightning_sarclip.training.preemption import (
     was_preempted,
     with_slurm_requeue_disabled,
 )
-from lightning_sarclip.training.runs import mark_finished, resume_checkpoint
+from lightning_sarclip.training.runs import finished, mark_finished, resume_checkpoint
 from lightning_sarclip.utils.run_dir import RunDirectory
 
 log = logging.getLogger("lightning_sarclip")
@@ -73,6 +74,9 @@ class SARCLIPCLI(LightningCLI):
         # Preemption signals -> consistent last.ckpt at a step boundary + Slurm requeue; `preemption.signals: []`
         # switches it off (and leaves Slurm to Lightning's in-handler hpc_ckpt save).
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+        parser.add_argument("--new_run", type=bool, default=False,
+                            help="fit: when the run name already holds a run, start this one as <name>-v<k> "
+                            "instead of refusing")
         parser.add_argument("--allow_random_weights", type=bool, default=False,
                             help="validate/test/predict without trained weights (a random baseline); refused "
                             "otherwise")
@@ -83,9 +87,11 @@ class SARCLIPCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         name = config.get("name") or _name_from_configs(config.get("config")) or "default"
-        config["name"] = name
         run = RunDirectory.of(name, config.get("run_root") or "runs")
         trainer = config["trainer"]
+        if self.subcommand == "fit" and not trainer.get("default_root_dir"):
+            name, run = claim_run(name, run, config)
+        config["name"] = name
         if not trainer.get("default_root_dir"):
             trainer["default_root_dir"] = str(run.path)
         if config["checkpoint"].get("dirpath") is None:
@@ -146,7 +152,73 @@ class SARCLIPCLI(LightningCLI):
             return
         if trainer.is_global_zero:
             mark_finished(trainer.default_root_dir, global_step=trainer.global_step, epoch=trainer.current_epoch,
-                          name=self.config_init["fit"].get("name"))
+                          name=self.config_init["fit"].get("name"), metrics=final_metrics(trainer))
+
+
+def final_metrics(trainer: Trainer) -> dict[str, float]:
+    """The last validation metrics the evaluation callback printed (kept in ``finished.json`` to print again)."""
+    for callback in trainer.callbacks:
+        last = getattr(callback, "last_metrics", None)
+        if isinstance(last, dict) and isinstance(last.get("val"), dict):
+            return {key: float(value) for key, value in last["val"].items()}
+    return {}
+
+
+def held_run(run: RunDirectory) -> str | None:
+    """What ``run`` already holds (a finished run, or a started one with checkpoints), or ``None`` when free.
+
+    A folder with only a ``config.yaml`` or TensorBoard events (a smoke run, a start that failed before its first
+    checkpoint) is free: nothing in it can be mixed up with a new run's checkpoints.
+    """
+    record = finished(run.path)
+    if record is not None:
+        return (f"a run that finished at step {record.get('global_step')} (epoch {record.get('epoch')}, "
+                f"{record.get('finished_at', 'time unknown')})")
+    if run.checkpoints.is_dir() and any(run.checkpoints.glob("*.ckpt")):
+        return f"a started run with checkpoints in {run.checkpoints}"
+    return None
+
+
+def _extends(record: dict[str, Any], trainer: Any) -> bool:
+    """Whether the trainer's budget goes past where the finished run stopped (a resume then trains on)."""
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    more_epochs = max_epochs is not None and max_epochs > int(record.get("epoch") or 0)
+    more_steps = max_steps is not None and max_steps > 0 and max_steps > int(record.get("global_step") or 0)
+    return more_epochs or more_steps
+
+
+def claim_run(name: str, run: RunDirectory, config: Any) -> tuple[str, RunDirectory]:
+    """The run directory a ``fit`` may write, decided before anything is built.
+
+    * ``--ckpt_path last`` resumes ``run``; when ``run`` has finished and the budget (``max_epochs``/``max_steps``)
+      does not go further, it says so, prints its final validation table and exits 0 (so the same command line can
+      be repeated safely, as ``make quickstart`` does).
+    * Without ``--ckpt_path``, a run name that already holds a run is refused (a second run would put
+      ``last-v1.ckpt`` beside the old ``last.ckpt``, a third events file in its TensorBoard folder and overwrite
+      ``finished.json``), unless ``--new_run true`` asks for the next free ``<name>-v<k>``.
+    """
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "last":
+        record = finished(run.path)
+        if record is not None and not _extends(record, config["trainer"]):
+            print(f"run {name!r} already finished at step {record.get('global_step')} (epoch {record.get('epoch')}, "
+                  f"{record.get('finished_at', 'time unknown')}) in {run.path}: nothing to resume")
+            if record.get("metrics"):
+                print("\n" + format_table(record["metrics"], f"Validation after fit ({record.get('epoch')} epochs)"))
+            raise SystemExit(0)
+        return name, run
+    holds = held_run(run) if ckpt_path is None else None
+    if holds is None:
+        return name, run
+    if config.get("new_run"):
+        version = 2
+        while held_run(RunDirectory(run.path.with_name(f"{run.path.name}-v{version}"))) is not None:
+            version += 1
+        log.info("%s holds %s; this run is %s-v%d", run.path, holds, name, version)
+        return f"{name}-v{version}", RunDirectory(run.path.with_name(f"{run.path.name}-v{version}"))
+    print(f"error: {run.path} already holds {holds}. Resume it with --ckpt_path last, give this run another "
+          f"--name, or pass --new_run true to start it beside the old one as {name}-v2", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def resolve_last(config: Any) -> str | None:

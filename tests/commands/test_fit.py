@@ -153,3 +153,29 @@ def test_report_help_does_not_load_lightning():
              "except SystemExit:\n    pass\nassert not any(m == 'lightning' or m.startswith('lightning.') for m in sys.modules)")
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_run_name_holding_a_run_is_refused_and_a_finished_run_reports_itself(tmp_path, capsys):
+    args = ["fit", "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    main(args)
+    run_dir = tmp_path / "quickstart"
+    finished_before = (run_dir / "finished.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # the same command again: refused, nothing mixed into the run
+        main(args)
+    assert refused.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{run_dir} already holds a run that finished at step 2" in error
+    assert "--ckpt_path last" in error and "--new_run true" in error
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert (run_dir / "finished.json").read_text() == finished_before
+    with pytest.raises(SystemExit) as done:  # --ckpt_path last on a finished run: says so, prints its table
+        main([*args, "--ckpt_path", "last"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "already finished at step 2" in printed and "Validation after fit (1 epochs)" in printed
+    assert "zeroshot_top1" in printed
+    main([*args, "--new_run", "true"])  # explicitly a second run, beside the first
+    assert (tmp_path / "quickstart-v2" / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / "finished.json").read_text() == finished_before
