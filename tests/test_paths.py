@@ -382,7 +382,8 @@ def test_evaluate_run_scores_mstar_sdms_with_the_raw_policy(tmp_path, monkeypatc
     monkeypatch.setattr(SourceListing, "load_image", spy)
     entry = _eval_entry(case)
     config = EvalConfig(output=str(tmp_path / "results.jsonl"), datasets=[DatasetSpec(**entry)],
-                        model=ModelSpec(model_name=TEST_ARCH, image_size=SIZE), ks=[1, 2], figures=False)
+                        model=ModelSpec(model_name=TEST_ARCH, image_size=SIZE, allow_random_weights=True), ks=[1, 2],
+                        figures=False)
     rows = run(config)
     n = len(list(case.listing(entry["split"]).records()))
     assert {row["task"] for row in rows} == {"zeroshot", "retrieval"}

@@ -37,13 +37,42 @@ def usage() -> str:
              "", "usage: python -m lightning_sarclip <command> [options]   (or: lightning-sarclip <command> ...)",
              "", "commands:"]
     lines += [f"  {name:<{width}}  {description}" for name, (_, description) in COMMANDS.items()]
-    lines += ["", "'<command> --help' lists a command's options; --version prints the version."]
+    lines += ["", "'<command> --help' lists a command's options; --version prints the version.",
+              "Every command also takes --verbose (all library messages) and --debug (tracebacks of errors)."]
     return "\n".join(lines)
 
 
+#: options every command accepts (anywhere on the line); see :mod:`.console`
+GLOBAL_FLAGS = ("--verbose", "--debug")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m lightning_sarclip`` and the ``lightning-sarclip`` script."""
+    """Entry point of ``python -m lightning_sarclip`` and the ``lightning-sarclip`` script.
+
+    Called with ``argv`` (from Python, e.g. tests) it runs the command as a library call: logging, warnings and
+    exceptions are left as they are. From the command line (``argv=None``) it configures the console (quiet unless
+    ``--verbose``) and turns errors from our own checks into one message (tracebacks with ``--debug``).
+    """
+    from_shell = argv is None
     args = list(sys.argv[1:] if argv is None else argv)
+    verbose, debug = "--verbose" in args, "--debug" in args
+    args = [a for a in args if a not in GLOBAL_FLAGS]
+    if not from_shell:
+        _run(args, from_shell=False)
+        return
+    from lightning_sarclip.commands import console
+
+    console.configure(verbose=verbose or debug)
+    sys.argv = [sys.argv[0], *args]  # LightningCLI reads sys.argv itself
+    try:
+        _run(args, from_shell=True)
+    except console.CHECK_ERRORS as error:
+        if not console.raised_by_our_check(error):
+            raise
+        console.report_error(error, debug)
+
+
+def _run(args: list[str], from_shell: bool) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return
@@ -56,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         raise SystemExit(f"unknown command {name!r}; the commands are: {', '.join(COMMANDS)}\n\n{usage()}")
     module = importlib.import_module(COMMANDS[name][0])
+    if from_shell:
+        from lightning_sarclip.commands import console
+
+        console.adopt_library_loggers()
     if name in LIGHTNING_SUBCOMMANDS:
-        module.main(args if argv is not None else None)
+        module.main(None if from_shell else args)  # LightningCLI reads sys.argv when given None (no warning)
     else:
         module.main(args[1:])

@@ -27,13 +27,13 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from lightning_sarclip.models.checkpoints import lightning_hyperparameters, read_checkpoint
 from lightning_sarclip.utils.atomic import staged_folder
 from lightning_sarclip.utils.run_dir import RunDirectory
+
+if TYPE_CHECKING:  # torch and the checkpoint reader load only when a checkpoint is read, not for --help
+    import torch
 
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
@@ -48,6 +48,8 @@ class ExportError(ValueError):
 # ------------------------------------------------------------------------------------------------ checkpoint
 def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(hyper_parameters, open_clip state_dict)`` of one of our ``.ckpt`` files (weights-only unpickling)."""
+    from lightning_sarclip.models.checkpoints import lightning_hyperparameters, read_checkpoint
+
     checkpoint = read_checkpoint(path)
     hparams = lightning_hyperparameters(checkpoint, path) or {}
     if "model_name" not in hparams or not isinstance(checkpoint.get("state_dict"), dict):

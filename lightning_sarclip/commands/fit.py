@@ -138,6 +138,7 @@ class SARCLIPCLI(LightningCLI):
         if self.subcommand == "fit" and config.get("ckpt_path") == "last":
             config["ckpt_path"] = resolve_last(config)
         refuse_random_weights(self.subcommand, config)
+        refuse_missing_classnames(config)
         check_data_first(config.get("data"))
         with weights_follow() if config.get("ckpt_path") else contextlib.nullcontext():
             super().instantiate_classes()
@@ -248,6 +249,19 @@ def refuse_random_weights(subcommand: str, config: Any) -> None:
           "runs/<name>/checkpoints/last.ckpt (or --model.init_args.pretrained), or pass --allow_random_weights true "
           "for a deliberate random baseline", file=sys.stderr)
     raise SystemExit(2)
+
+
+def refuse_missing_classnames(config: Any) -> None:
+    """``predict`` without class names: say so before the model is built (see ``ZeroShotPredictionWriter``)."""
+    from lightning_sarclip.training.prediction import MISSING_CLASSNAMES
+
+    callbacks = config["trainer"].get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        class_path = str(getattr(callback, "class_path", "") or "")
+        init_args = getattr(callback, "init_args", None)
+        if class_path.endswith("ZeroShotPredictionWriter") and (init_args is None or init_args.get("classnames") is None):
+            print(f"error: {MISSING_CLASSNAMES}", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def check_data_first(data: Any) -> None:

@@ -10,9 +10,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lightning_sarclip.eval.report import write_report
-from lightning_sarclip.eval.results import read_results
-
 
 def main(argv: list[str]) -> dict[str, Path]:
     parser = argparse.ArgumentParser(prog="python -m lightning_sarclip report",
@@ -23,6 +20,10 @@ def main(argv: list[str]) -> dict[str, Path]:
     parser.add_argument("--zeroshot-metric", default="top1", help="top1, top3, top5 or mean_per_class")
     parser.add_argument("--published", default=None, help="published-numbers JSON (default: the shipped one)")
     args = parser.parse_args(argv)
+    # Imported after parsing: ``report --help`` must not wait for torch (lightning_sarclip.eval imports it).
+    from lightning_sarclip.eval.report import write_report
+    from lightning_sarclip.eval.results import read_results
+
     rows: list[dict[str, Any]] = []
     for path in args.results:
         rows.extend(read_results(path))

@@ -20,7 +20,7 @@ import struct
 import zlib
 
 from lightning_sarclip.data.image import SARReadError
-from lightning_sarclip.data.limits import get_limits
+from lightning_sarclip.data.limits import check_image_pixels, get_limits
 
 __all__ = ["check_mat_v5"]
 
@@ -81,14 +81,24 @@ def check_mat_v5(data: bytes, name: str) -> None:
         at, index = after, index + 1
 
 
+#: inflated first, to read a compressed matrix's dimensions before the rest is inflated
+HEAD_BYTES = 1 << 16
+
+
 def _check_compressed(reader: _Reader, start: int, count: int, where: str) -> None:
     limit = get_limits().max_member_bytes
     inflater = zlib.decompressobj()
     try:
-        inner = inflater.decompress(reader.data[start:start + count], limit or 0)
+        inner = inflater.decompress(reader.data[start:start + count], HEAD_BYTES)
+        if len(inner) >= HEAD_BYTES and len(inner) >= 8:  # more to come: the dimensions first, against the limit
+            kind = struct.unpack_from(reader.order + "I", inner, 0)[0]
+            if kind == MI_MATRIX:  # the element itself continues past the head: only its header is read here
+                _matrix_header(_Reader(inner, reader.order, reader.name), 8, len(inner), f"{where} (inflated)")
+        budget = 0 if limit is None else max(limit - len(inner), 1)
+        inner += inflater.decompress(inflater.unconsumed_tail, budget)
     except zlib.error as err:
         raise reader.fail(where, f"compressed element does not inflate ({err})") from err
-    if limit is not None and inflater.unconsumed_tail:
+    if limit is not None and (inflater.unconsumed_tail or len(inner) > limit):
         raise reader.fail(where, f"compressed element inflates past max_member_bytes = {limit:,} (raise it with "
                                  "SARCLIP_MAX_MEMBER_BYTES if the file is trusted)")
     nested = _Reader(inner, reader.order, reader.name)
@@ -97,12 +107,9 @@ def _check_compressed(reader: _Reader, start: int, count: int, where: str) -> No
         _check_matrix(nested, body, body + count, f"{where} (inflated)", 0)
 
 
-def _check_matrix(reader: _Reader, start: int, end: int, where: str, depth: int) -> None:
-    """One ``miMATRIX`` element's content ``[start, end)``; an empty one (a blank cell entry) is valid."""
-    if start == end:
-        return
-    if depth > MAX_DEPTH:
-        raise reader.fail(where, f"matrices nested deeper than {MAX_DEPTH} levels")
+def _matrix_header(reader: _Reader, start: int, end: int, where: str) -> tuple[int, bool, tuple[int, ...], int, int]:
+    """``(class, complex, dims, values, offset after the name)`` of a matrix; numeric and text arrays are held to
+    ``max_image_pixels`` from their dimensions here, before their data is looked at."""
     kind, count, body, at = reader.tag(start, end, f"{where} array flags")
     if kind != 6 or count < 4:
         raise reader.fail(where, f"array flags must be a uint32 element, found type {kind} of {count} bytes")
@@ -120,6 +127,21 @@ def _check_matrix(reader: _Reader, start: int, end: int, where: str, depth: int)
     kind, count, body, at = reader.tag(at, end, f"{where} name")
     if kind not in (1, 2, 16):
         raise reader.fail(where, f"the array name must be a text element, found type {kind}")
+    if array_class in NUMERIC_CLASSES or array_class == CHAR:
+        variable = reader.data[body:body + count].decode("latin-1")
+        largest = sorted(dims, reverse=True)
+        check_image_pixels(f"{reader.name} (variable {variable!r})", largest[0], largest[1],
+                           values // max(largest[0] * largest[1], 1) or 1)
+    return array_class, is_complex, dims, values, at
+
+
+def _check_matrix(reader: _Reader, start: int, end: int, where: str, depth: int) -> None:
+    """One ``miMATRIX`` element's content ``[start, end)``; an empty one (a blank cell entry) is valid."""
+    if start == end:
+        return
+    if depth > MAX_DEPTH:
+        raise reader.fail(where, f"matrices nested deeper than {MAX_DEPTH} levels")
+    array_class, is_complex, dims, values, at = _matrix_header(reader, start, end, where)
     if array_class in NUMERIC_CLASSES or array_class == CHAR:
         parts = ("real part", "imaginary part") if is_complex else ("real part",)
         for part in parts:

@@ -21,7 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_sarclip.models.checkpoints import lightning_hyperparameters, load_checkpoint, read_checkpoint
+from lightning_sarclip.models.checkpoints import (
+    CheckpointError,
+    lightning_hyperparameters,
+    load_checkpoint,
+    read_checkpoint,
+)
 from lightning_sarclip.models.factory import (
     build_input_adapter,
     create_model,
@@ -124,6 +129,8 @@ def load_model(
     commands built on it (``evaluate``, ``embed``) would otherwise label, embed or score with a randomly
     initialised model and succeed. ``allow_random_weights=True`` is for a deliberate random baseline.
     """
+    if pretrained is not None and str(pretrained).endswith(".ckpt") and not Path(pretrained).is_file():
+        raise CheckpointError(f"checkpoint file not found: {pretrained}")
     ours = read_lightning_checkpoint(pretrained) if pretrained is not None else None
     lightning_ckpt = ours is not None
     hparams: dict[str, Any] = ours[0] if ours is not None else {}

@@ -234,6 +234,10 @@ class ImageFolderPredictDataModule(SARDataModule):
 
 
 # ------------------------------------------------------------------------------------------------ the writer
+MISSING_CLASSNAMES = ("ZeroShotPredictionWriter: classnames is required (a list, or a JSON / text file of names); "
+                      "e.g. --trainer.callbacks.init_args.classnames classes.txt")
+
+
 def load_classnames(spec: Sequence[str] | str | os.PathLike) -> list[str]:
     """Class names from a list, a JSON file (a list, or an object with ``"classnames"``) or a text file (one per
     line, blank lines and ``#`` comments ignored)."""
@@ -357,15 +361,12 @@ class ZeroShotPredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        if classnames is None:
-            raise ValueError(
-                "ZeroShotPredictionWriter: classnames is required (a list, or a JSON / text file of names); "
-                "e.g. --trainer.callbacks.init_args.classnames classes.txt"
-            )
         from lightning_sarclip.data.templates import get_templates
 
         self.output_csv = output_csv
-        self.classnames = load_classnames(classnames)
+        # A missing list is reported when predicting starts (and by the CLI before anything is built), not here:
+        # an error raised while jsonargparse validates the config would reach the user buried in its type dump.
+        self.classnames = load_classnames(classnames) if classnames is not None else None
         self.templates = get_templates(templates)
         self.topk = topk
         self.text_batch_size = text_batch_size
@@ -375,9 +376,11 @@ class ZeroShotPredictionWriter(BasePredictionWriter):
 
     @property
     def k(self) -> int:
-        return min(self.topk, len(self.classnames))
+        return min(self.topk, len(self.classnames or []))
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.classnames is None:
+            raise ValueError(MISSING_CLASSNAMES)
         ckpt_path = getattr(trainer, "ckpt_path", None)
         if ckpt_path and Path(ckpt_path).is_file():
             hparams = lightning_hyperparameters(read_checkpoint(ckpt_path), ckpt_path) or {}

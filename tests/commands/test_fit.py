@@ -1,5 +1,6 @@
 """Drive the real CLI (``python -m lightning_sarclip``) end to end on the synthetic data with the test model."""
 
+import os
 import subprocess
 import sys
 
@@ -179,3 +180,33 @@ def test_a_run_name_holding_a_run_is_refused_and_a_finished_run_reports_itself(t
     main([*args, "--new_run", "true"])  # explicitly a second run, beside the first
     assert (tmp_path / "quickstart-v2" / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "finished.json").read_text() == finished_before
+
+
+def _shell(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
+    """The command as a user types it: ``python -m lightning_sarclip ...`` (console set-up and error handling)."""
+    return subprocess.run([sys.executable, "-m", "lightning_sarclip", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_the_console_is_quiet_and_errors_are_one_message(tiny_checkpoint, tmp_path):
+    run = _shell("fit", "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--trainer.max_epochs", "1",
+                 "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for noise in ("litlogger", "srun", "LeafSpec", "args parameter is intended", "logging interval"):
+        assert noise not in run.stderr, noise
+    assert run.stderr.count("`Trainer.fit` stopped") == 1 and "Validation after fit" in run.stdout
+    loud = _shell("fit", "--config", QUICK, *SMALL, "--run_root", str(tmp_path), "--name", "loud",
+                  "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches",
+                  "1", "--verbose")
+    assert "litlogger" in loud.stderr  # --verbose shows everything
+    missing = _shell("predict", "--config", str(REPO_ROOT / "experiments" / "predict.yaml"),
+                     "--data.init_args.folder", str(tmp_path), "--ckpt_path", str(tiny_checkpoint))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "Union" not in missing.stderr
+    assert "classnames is required" in missing.stderr and "--trainer.callbacks.init_args.classnames" in missing.stderr
+    suite = str(REPO_ROOT / "experiments" / "eval" / "quickstart.yaml")
+    bad = _shell("evaluate", "--config", suite, "--model.pretrained", str(tmp_path / "nope.ckpt"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (f"error: checkpoint file not found: {tmp_path / 'nope.ckpt'} "
+                                                   "(run with --debug for the traceback)")
+    debug = _shell("evaluate", "--config", suite, "--model.pretrained", str(tmp_path / "nope.ckpt"), "--debug")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr

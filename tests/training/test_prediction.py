@@ -201,8 +201,8 @@ def test_classnames_and_merge(tmp_path: Path) -> None:
     assert load_classnames(tmp_path / "names.json") == ["a", "b"]
     with pytest.raises(ValueError, match="duplicate"):
         load_classnames(["a", "a"])
-    with pytest.raises(ValueError, match="classnames is required"):
-        ZeroShotPredictionWriter(output_csv="x.csv")
+    with pytest.raises(ValueError, match="classnames is required"):  # when predicting starts
+        ZeroShotPredictionWriter(output_csv="x.csv").on_predict_start(None, None)
     # A DistributedSampler pads the last rank with repeats: the merge keeps one row per index, in order.
     rows = [{"dataloader": 0, "index": i, "path": f"p{i}"} for i in (2, 0, 3, 1, 0)]
     assert [r["index"] for r in merge_rows(rows)] == [0, 1, 2, 3]
