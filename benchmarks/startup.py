@@ -24,7 +24,7 @@ import time
 
 #: command -> target seconds (``None``: measured, no target)
 TARGETS: dict[str, float | None] = {
-    "--help": 1.5, "--version": 1.5, "report": 1.5, "export": 1.5, "evaluate": None, "embed": None,
+    "usage": 1.5, "version": 1.5, "report": 1.5, "export": 1.5, "evaluate": None, "embed": None,
     "build-corpus": None, "sweep": None, "curriculum": None, "fit": 5.0, "predict": None,
 }
 BASELINES = {"python": "pass", "import torch": "import torch", "import lightning": "import lightning.pytorch"}
@@ -40,8 +40,9 @@ def _time(argv: list[str]) -> float:
 
 
 def _command_argv(command: str) -> list[str]:
-    if command.startswith("--"):
-        return [sys.executable, "-m", "lightning_sarclip", command]
+    """``usage``: ``python -m lightning_sarclip --help``; ``version``: ``... --version``; else ``<command> --help``."""
+    if command in ("usage", "version"):
+        return [sys.executable, "-m", "lightning_sarclip", "--help" if command == "usage" else "--version"]
     return [sys.executable, "-m", "lightning_sarclip", command, "--help"]
 
 

@@ -41,3 +41,12 @@ def test_gpu_check_script_is_valid_shell():
     text = script.read_text()
     for needed in ("benchmarks/train_step.py", "benchmarks/gpu_memory.py", "ModelParallelStrategy", "bf16-mixed"):
         assert needed in text
+
+
+def test_startup_benchmark_measures_commands_against_their_targets():
+    import json
+
+    out = _run("benchmarks/startup.py", "--repeats", "1", "--commands", "usage", "report", "export")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert {"baseline: python", "baseline: import torch", "report", "export"} <= set(result["medians_s"])
+    assert "report" in out and "target" in out
