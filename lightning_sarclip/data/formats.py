@@ -159,11 +159,11 @@ def _check_mat_shape(name: str, key: str, shape: tuple[int, ...]) -> None:
 
 
 def _mat_v5_arrays(data: bytes, name: str) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat, whosmat
+    from scipy.io import loadmat
 
-    check_mat_v5(data, name)  # SciPy's C reader trusts declared sizes: a malformed file could crash the process
-    for key, shape, _ in whosmat(io.BytesIO(data)):  # headers only: a compressed variable is not inflated here
-        _check_mat_shape(name, key, tuple(shape))
+    # SciPy's C reader trusts declared sizes (a malformed file could crash the process); the structural check also
+    # holds every variable to the pixel limit from its dimensions, before anything is inflated.
+    check_mat_v5(data, name)
     raw = loadmat(io.BytesIO(data), squeeze_me=False)
     return {k: v for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
 

@@ -32,7 +32,6 @@ from lightning_sarclip.models.factory import (
     create_model,
     has_weights,
     image_size_of,
-    tag_config,
     weights_follow,
 )
 from lightning_sarclip.models.sar_stem import SARInputAdapter
@@ -95,13 +94,6 @@ def read_lightning_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], 
     checkpoint = read_checkpoint(path)
     hparams = lightning_hyperparameters(checkpoint, path)
     return None if hparams is None else (hparams, checkpoint)
-
-
-def tag_statistics(model_name: str, pretrained: str | None) -> tuple[list[float] | None, list[float] | None]:
-    """Mean/std of an open_clip pretrained tag (``None`` when ``pretrained`` is not a tag of ``model_name``)."""
-    cfg = tag_config(model_name, pretrained)
-    mean, std = cfg.get("mean"), cfg.get("std")
-    return (list(mean) if mean else None), (list(std) if std else None)
 
 
 class RandomWeightsError(ValueError):

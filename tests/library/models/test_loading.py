@@ -3,14 +3,16 @@
 import pytest
 import torch
 
-from lightning_sarclip.models.loading import load_model, tag_statistics
+from lightning_sarclip.models.factory import tag_config
+from lightning_sarclip.models.loading import load_model
 from tests.conftest import TEST_ARCH
 
 
 def test_tag_statistics_are_the_tags_own():
-    assert tag_statistics("ViT-B-16-SigLIP", "webli") == ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
-    assert tag_statistics("ViT-B-32", "/some/file.pt") == (None, None)
-    assert tag_statistics("ViT-B-32", None) == (None, None)
+    siglip = tag_config("ViT-B-16-SigLIP", "webli")
+    assert (list(siglip["mean"]), list(siglip["std"])) == ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+    assert tag_config("ViT-B-32", "/some/file.pt") == {}
+    assert tag_config("ViT-B-32", None) == {}
 
 
 def test_lightning_checkpoint_loads_with_its_hyper_parameters(tiny_checkpoint):
