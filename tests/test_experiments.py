@@ -37,6 +37,9 @@ def _data_overrides(config: dict, corpus: Path) -> list[str]:
     if data_class == "SyntheticSARDataModule":
         return [*common, "--data.init_args.num_train", "8", "--data.init_args.num_val", "8",
                 "--data.init_args.num_test", "8"]
+    if data_class == "SourceDataModule":  # the fine-tuning starting points: MSTAR chips as distributed
+        assert config["data"]["init_args"]["source"] == "mstar", "add a fixture root for this source"
+        return [*common, "--data.init_args.root", str(REPO_ROOT / "tests/data/mstar/jpeg_folders")]
     raise AssertionError(f"no fixture data for {data_class}; add it to this test")
 
 
@@ -45,6 +48,18 @@ def test_the_paper_recipes_are_all_here():
     assert {"quickstart", "vitl14_remoteclip", "vitl14_openai", "vitl14_scratch", "vitb32_remoteclip",
             "vitb16_openai", "vitl14_remoteclip_staged", "vitl14_remoteclip_wo_mstar",
             "vitl14_remoteclip_wo_opensarship"} <= names
+    assert {"openai_vitb32", "laion_vitb32", "remoteclip_vitb32", "georsclip_vitb32"} <= names
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "experiments" / "finetune").glob("*.yaml")), ids=lambda p: p.stem)
+def test_finetune_starting_points_keep_the_checkpoints_statistics(path: Path):
+    """Real-checkpoint configs train at the transfer recipe's learning rate on the weights' own normalisation."""
+    model = yaml.safe_load(path.read_text())["model"]["init_args"]
+    assert model["pretrained"] and model["lr"] == 5.0e-5 and model["warmup_steps"] == 1000
+    assert model["image_mean"] is None and model["image_std"] is None
+    openai_lineage = path.stem.split("_")[0] in ("openai", "remoteclip", "georsclip")
+    # OpenAI's tag switches QuickGELU on by itself; weights loaded from a file need it said
+    assert model["force_quick_gelu"] is (openai_lineage and model["pretrained"] != "openai")
 
 
 @pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT / "experiments")))

@@ -2,6 +2,7 @@
 
 ``python -m lightning_sarclip <command> ...`` (or the ``lightning-sarclip`` script) looks the command up in
 :data:`COMMANDS` and imports only that command's module, so ``report --help`` does not pay for Lightning.
+The ``--help`` of the LightningCLI commands is kept on disk once rendered (:mod:`.help_cache`).
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands (:mod:`.fit`).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+
+from lightning_sarclip.commands import help_cache
 
 #: name -> (module with ``main(argv)``, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -84,6 +87,17 @@ def _run(args: list[str], from_shell: bool) -> None:
     name = args[0]
     if name not in COMMANDS:
         raise SystemExit(f"unknown command {name!r}; the commands are: {', '.join(COMMANDS)}\n\n{usage()}")
+    if from_shell and name in LIGHTNING_SUBCOMMANDS and help_cache.asks_for_help(args):
+        text = help_cache.cached(args)
+        if text is not None:  # rendering it needs Lightning (~9 s of imports); see help_cache
+            sys.stdout.write(text)
+            return
+        help_cache.render_and_store(args, lambda: _run_command(name, args, from_shell))
+        return
+    _run_command(name, args, from_shell)
+
+
+def _run_command(name: str, args: list[str], from_shell: bool) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     if from_shell:
         from lightning_sarclip.commands import console

@@ -38,6 +38,7 @@ from torch import nn
 from lightning_sarclip.models.checkpoints import CheckpointError, load_checkpoint
 from lightning_sarclip.models.sar_stem import (
     SARInputAdapter,
+    _as_three,
     fold_patch_embedding,
     resolve_channel_mode,
 )
@@ -196,6 +197,37 @@ def tag_config(model_name: str, pretrained: str | os.PathLike | None) -> dict[st
     return dict(open_clip.get_pretrained_cfg(model_name, str(pretrained)) or {})
 
 
+_STATS_WARNED: set[tuple] = set()
+
+
+def warn_if_stats_differ(
+    model_name: str,
+    pretrained: str | os.PathLike | None,
+    own: tuple[Sequence[float], Sequence[float]],
+    explicit: tuple[Sequence[float] | None, Sequence[float] | None],
+) -> bool:
+    """Warn (once per process and setting) when an explicit ``image_mean``/``image_std`` differs from the statistics
+    the pretrained weights were trained with: the pretrained features then see shifted inputs, which is rarely
+    meant (a config written for random-init training, such as the quickstart's, reused with a checkpoint).
+    Returns whether it differs."""
+    differ = []
+    for name, own_values, given in zip(("image_mean", "image_std"), own, explicit, strict=True):
+        if given is None:
+            continue
+        a, b = _as_three(list(given), name), _as_three(list(own_values), name)
+        if not torch.allclose(a, b, atol=1e-3):
+            differ.append(f"{name}={[round(v, 4) for v in a.tolist()]} (the weights': "
+                          f"{[round(v, 4) for v in b.tolist()]})")
+    key = (model_name, str(pretrained), tuple(differ))
+    if differ and key not in _STATS_WARNED:
+        _STATS_WARNED.add(key)
+        log.warning("%s with pretrained %r was trained on inputs normalised otherwise: %s. Fine-tuning from these "
+                    "weights usually keeps their statistics: set image_mean/image_std to null (see "
+                    "experiments/finetune/), or keep them if the change is meant.", model_name, str(pretrained),
+                    "; ".join(differ))
+    return bool(differ)
+
+
 def has_weights(model_name: str, pretrained: str | os.PathLike | None) -> bool:
     """Whether ``model_name`` + ``pretrained`` name trained weights (a tag, a file, ``hf-hub:``/``local-dir:``
     models that carry their own), rather than a randomly initialised architecture."""
@@ -222,6 +254,9 @@ def create_model(
     Returns ``(model, train_transform, val_transform, tokenizer)``. The transforms take a SAR image scaled to
     [0, 1] (numpy ``HxW``/``HxWxC``, tensor ``CxHxW`` or PIL) and return the normalised tensor the model eats.
     Use :func:`build_input_adapter` for the same mapping on already-batched tensors.
+
+    A pretrained tag decides the activation (``quick_gelu`` of OpenAI's tags is switched on for them), and an
+    explicit ``image_mean``/``image_std`` that differs from the loaded weights' statistics is warned about once.
     """
     check_architecture(model_name)
     channel_mode = resolve_channel_mode(in_chans, channel_mode)
@@ -233,6 +268,9 @@ def create_model(
         preprocess = {key: built_as[key] for key in _TAG_PREPROCESS_KEYS if built_as.get(key) is not None} or None
     else:
         source = resolve_pretrained(model_name, pretrained)
+        # The tag decides the activation its weights were trained with (OpenAI's use QuickGELU): open_clip only
+        # warns about a mismatch, and a GELU tower on QuickGELU weights is a silently worse model.
+        force_quick_gelu = force_quick_gelu or bool(tag_config(model_name, pretrained).get("quick_gelu", False))
     tag = source[1] if source and source[0] == "tag" else None
     weights_later = source is not None and source[0] in ("file", "hf")
     with _quiet_random_init_note() if weights_later else contextlib.nullcontext():
@@ -252,6 +290,8 @@ def create_model(
     if channel_mode == "fold":
         fold_patch_embedding(model.visual, in_chans)
     mean, std = preprocess_stats(model)
+    if source is not None:  # weights loaded here; under weights_follow the run's own choice is being restored
+        warn_if_stats_differ(model_name, pretrained, (mean, std), (image_mean, image_std))
     mean = list(image_mean) if image_mean is not None else mean
     std = list(image_std) if image_std is not None else std
     size = image_size or image_size_of(model)

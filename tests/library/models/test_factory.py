@@ -128,3 +128,48 @@ def test_weights_follow_builds_the_tags_architecture_without_fetching(monkeypatc
     assert "initialized randomly" not in caplog.text
     with pytest.raises(RuntimeError, match="fetched"):  # outside the block the tag's weights are loaded
         create_model("ViT-B-32", "openai")
+
+
+@pytest.mark.parametrize(("tag", "quick_gelu"), [("openai", True), ("laion2b_s34b_b79k", False)])
+def test_a_tag_decides_the_activation(monkeypatch, tag, quick_gelu) -> None:
+    """ViT-B-32 + ``openai`` is built with QuickGELU as its weights were trained (open_clip would only warn)."""
+    from lightning_sarclip.models import factory
+
+    built = {}
+
+    def record(model_name, **kwargs):
+        built.update(kwargs)
+        raise RuntimeError("stop before any download")
+
+    monkeypatch.setattr(factory.open_clip, "create_model", record)
+    with pytest.raises(RuntimeError, match="stop before"):
+        create_model("ViT-B-32", tag)
+    assert built["force_quick_gelu"] is quick_gelu
+
+
+def test_explicit_stats_that_differ_from_the_weights_warn_once(tmp_path, monkeypatch, caplog) -> None:
+    """Fine-tuning loaded weights with another normalisation (the quickstart's [0.5]/[0.25] on a checkpoint) warns
+    once, naming the values; the weights' own statistics, no explicit value, or no weights do not warn."""
+    import logging
+
+    from lightning_sarclip.models import factory
+
+    monkeypatch.setattr(factory, "_STATS_WARNED", set())
+    caplog.set_level(logging.WARNING, logger="lightning_sarclip")
+    weights = tmp_path / "w.safetensors"
+    model = create_model(TEST_ARCH).model
+    save_file(model.state_dict(), weights)
+    own_mean, own_std = factory.preprocess_stats(model)
+
+    def warnings_after(**kwargs) -> list[str]:
+        caplog.clear()
+        create_model(TEST_ARCH, in_chans=1, **kwargs)
+        return [r.getMessage() for r in caplog.records if "normalised otherwise" in r.getMessage()]
+
+    assert warnings_after(pretrained=str(weights)) == []
+    assert warnings_after(pretrained=str(weights), image_mean=list(own_mean), image_std=list(own_std)) == []
+    assert warnings_after(image_mean=[0.5], image_std=[0.25]) == []  # random init: nothing to differ from
+    first = warnings_after(pretrained=str(weights), image_mean=[0.5], image_std=[0.25])
+    assert len(first) == 1 and "image_mean=[0.5, 0.5, 0.5]" in first[0] and "image_std=" in first[0]
+    assert warnings_after(pretrained=str(weights), image_mean=[0.5], image_std=[0.25]) == []  # once
+    assert factory.warn_if_stats_differ(TEST_ARCH, str(weights), (own_mean, own_std), ([0.5], None))
