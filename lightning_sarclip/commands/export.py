@@ -315,7 +315,9 @@ def export_checkpoint(
     oc_config = open_clip_config(hparams)
     run_dir = run_directory(ckpt)
     ckpt_hash = checkpoint_hash(ckpt)
-    result_paths = [Path(p) for p in results] + [run_dir / "results.jsonl", run_dir.parent / "results.jsonl"]
+    # Where evaluate writes by default (runs/eval/<suite>/results.jsonl) is searched too; rows match by hash.
+    result_paths = [Path(p) for p in results] + [run_dir / "results.jsonl", run_dir.parent / "results.jsonl",
+                                                 *sorted(run_dir.parent.glob("eval/*/results.jsonl"))]
     rows = matching_results(result_paths, ckpt_hash)
     card = model_card(hparams, oc_config, read_run_config(run_dir), rows, ckpt, ckpt_hash, card_extra)
 
@@ -339,8 +341,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt", required=True, help="our Lightning .ckpt (runs/<name>/checkpoints/last.ckpt)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--results", action="append", default=[],
-                        help="results.jsonl to take this checkpoint's rows from (repeatable; the run directory's "
-                             "and its parent's are always searched)")
+                        help="results.jsonl to take this checkpoint's rows from (repeatable; the run directory's, "
+                             "its parent's and evaluate's default <parent>/eval/<suite>/ are always searched)")
     parser.add_argument("--model-card-extra", default=None, help="Markdown file appended to the model card")
     args = parser.parse_args(argv)
     extra = Path(args.model_card_extra).read_text(encoding="utf-8") if args.model_card_extra else None

@@ -37,6 +37,11 @@ def exported(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         dict(model=TEST_ARCH, checkpoint="other.ckpt", checkpoint_hash="0123456789abcdef", dataset="fusar_ship",
              split="test", task="zeroshot", metric="top1", value=0.9876),
     ])
+    # where `evaluate` writes by default (runs/eval/<suite>/results.jsonl): found without --results
+    append_results(run_root / "eval" / "suite" / "results.jsonl", [
+        dict(model=TEST_ARCH, checkpoint=str(ckpt), checkpoint_hash=checkpoint_hash(ckpt), dataset="opensarship",
+             split="test", task="zeroshot", metric="top1", value=0.5555),
+    ])
     extra = tmp_path_factory.mktemp("extra") / "extra.md"
     extra.write_text("## Contact\n\nplanted-extra-section\n")
     out = tmp_path_factory.mktemp("export") / "sarclip-test"
@@ -95,7 +100,7 @@ def test_model_card(exported: Path, ckpt: Path) -> None:
     for expected in (
         TEST_ARCH, checkpoint_hash(ckpt), "SyntheticSARDataModule", "lr `0.001`", "epochs: `1`", "batch size: `4`",
         "`in_chans = 1`", "replicate", "hf-hub:", "local-dir:", "Licence", "planted-extra-section",
-        "| mstar | test | zeroshot | top1 | 43.21 |",
+        "| mstar | test | zeroshot | top1 | 43.21 |", "| opensarship | test | zeroshot | top1 | 55.55 |",
     ):
         assert expected in card, expected
     assert "fusar_ship" not in card  # rows of other checkpoints are not this model's results
