@@ -14,6 +14,14 @@ and world size (LightningCLI instantiates the model before the strategy exists):
   gradient, which is what open_clip does without ``--gather-with-grad``.
 
 ``logit_scale`` is the *multiplier* (``model.logit_scale.exp()``, as open_clip's model returns it), not its log.
+
+Label-aware contrast (beyond open_clip and SARVLM): ``forward(..., groups=...)`` takes one integer per pair. Pairs
+that share a group are positives of each other, as in UniCL's multi-positive target: each row's target spreads
+evenly over its positive columns, ``-sum_j t_ij log softmax(logits)_ij`` with ``t_ij = 1[g_i = g_j] / #{k: g_k =
+g_i}``. With class-captioned SAR chips, a batch of 64 holds about six images of each of ten classes, and plain
+InfoNCE pushes apart image-caption pairs that describe the same thing. Groups are gathered from every rank with
+the features, so global negatives stay global. When every group is distinct, the target is the identity and the
+loss is exactly the CLIP loss. :func:`label_groups` and :func:`caption_groups` build groups from a batch.
 """
 
 from __future__ import annotations
@@ -51,6 +59,42 @@ def gather_features(
         image_list[rank] = image_features
         text_list[rank] = text_features
     return torch.cat(image_list, dim=0), torch.cat(text_list, dim=0)
+
+
+def label_groups(labels: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Groups from class labels: equal labels share a group; a label < 0 (none, several, unknown) is a group of its
+    own, made unique across ranks from the sample's dataset ``index`` when given (else from its batch position,
+    which is unique within a rank: pass ``index`` in multi-process training)."""
+    labels = labels.long()
+    own = index.long() if index is not None else torch.arange(labels.shape[0], device=labels.device)
+    return torch.where(labels >= 0, labels, -1 - own)
+
+
+#: multiplier of the polynomial hash of token rows (int64 arithmetic wraps, which a hash may do)
+_HASH_BASE = 1_000_003
+
+
+def caption_groups(tokens: torch.Tensor) -> torch.Tensor:
+    """Groups from tokenised captions: identical token rows share a group (on every rank alike: a hash, not an
+    index; a collision of two different 77-token rows in 63 bits is not a practical concern)."""
+    tokens = tokens.long()
+    groups = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    for column in tokens.unbind(dim=1):
+        groups = groups * _HASH_BASE + column
+    return groups.abs()  # non-negative, so no clash with label_groups' own groups (< 0)
+
+
+def _gather_groups(groups: torch.Tensor, world_size: int) -> torch.Tensor:
+    gathered = [torch.empty_like(groups) for _ in range(world_size)]
+    dist.all_gather(gathered, groups.contiguous())
+    return torch.cat(gathered)
+
+
+def _multi_positive_ce(logits: torch.Tensor, row_groups: torch.Tensor, column_groups: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against targets spread evenly over each row's positive columns (its own pair included)."""
+    positives = (row_groups[:, None] == column_groups[None, :]).to(logits.dtype)
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
 class InfoNCELoss(nn.Module):
@@ -103,16 +147,30 @@ class InfoNCELoss(nn.Module):
         return self._labels[key]
 
     def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        groups: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The symmetric loss; ``groups`` (one integer per pair of this rank) makes pairs of one group positives
+        of each other (see the module docstring). Without ``groups`` it is open_clip's ``ClipLoss``."""
         if image_features.shape != text_features.shape:
             raise ValueError(
                 f"InfoNCELoss: image features {tuple(image_features.shape)} and text features "
                 f"{tuple(text_features.shape)} must have the same (batch, dim) shape"
             )
+        if groups is not None and groups.shape != image_features.shape[:1]:
+            raise ValueError(f"InfoNCELoss: groups {tuple(groups.shape)} must hold one value per pair "
+                             f"({image_features.shape[0]})")
         logits_per_image, logits_per_text = self.logits(image_features, text_features, logit_scale)
-        labels = self.labels(logits_per_image.shape[0], image_features.device)
-        return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        if groups is None:
+            labels = self.labels(logits_per_image.shape[0], image_features.device)
+            return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+        columns = groups if self.world_size == 1 else _gather_groups(groups, self.world_size)
+        rows = groups if self.local_loss and self.world_size > 1 else columns
+        return (_multi_positive_ce(logits_per_image, rows, columns)
+                + _multi_positive_ce(logits_per_text, rows, columns)) / 2
 
     def extra_repr(self) -> str:
         return (

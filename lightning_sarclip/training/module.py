@@ -24,12 +24,14 @@ import lightning.pytorch as pl
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_sarclip.losses import InfoNCELoss
+from lightning_sarclip.losses import InfoNCELoss, caption_groups, label_groups
 from lightning_sarclip.models.factory import build_input_adapter, create_model
 from lightning_sarclip.training.sharding import all_reduce_grads, data_parallel_mesh, shard_model
 from lightning_sarclip.training.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
 
 LOGIT_SCALE_MAX = math.log(100.0)
+#: ``positives`` choices of :class:`SARCLIPModule` (see :mod:`lightning_sarclip.losses`)
+POSITIVES = ("pair", "label", "caption")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,6 +69,10 @@ class SARCLIPModule(pl.LightningModule):
         warmup_steps, min_lr_ratio: linear warmup for ``warmup_steps`` optimizer steps, then cosine to
             ``min_lr_ratio * lr`` at the last step of the run.
         local_loss, gather_with_grad: see :class:`~lightning_sarclip.losses.InfoNCELoss`.
+        positives: which pairs of a training batch count as positives of each other: ``pair`` (CLIP: only an image
+            and its own caption), ``label`` (also pairs of the same class label; unlabelled pairs stay alone) or
+            ``caption`` (also pairs whose tokenised captions are identical); see
+            :mod:`lightning_sarclip.losses`. The validation loss is always the plain pair loss, so runs compare.
         unfreeze: list of :class:`~lightning_sarclip.training.unfreeze.UnfreezeStage`; ``None`` trains everything.
         layer_decay: optional layer-wise LR decay factor in (0, 1].
         grad_checkpointing: activation checkpointing in both towers (memory for compute).
@@ -101,6 +107,7 @@ class SARCLIPModule(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         local_loss: bool = False,
         gather_with_grad: bool = True,
+        positives: str = "pair",
         unfreeze: list[UnfreezeStage] | None = None,
         layer_decay: float | None = None,
         grad_checkpointing: bool = False,
@@ -109,6 +116,8 @@ class SARCLIPModule(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if positives not in POSITIVES:
+            raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
         stages = as_stages(unfreeze)
         self.save_hyperparameters(ignore=["unfreeze"])
         # Plain dicts, so the checkpoint stays loadable with torch.load(weights_only=True).
@@ -199,12 +208,20 @@ class SARCLIPModule(pl.LightningModule):
         if not self.automatic_optimization:
             return self._accumulated_step(batch, batch_idx)
         image_features, text_features, logit_scale = self(batch["image"], batch["text"])
-        loss = self.loss_fn(image_features, text_features, logit_scale)
+        loss = self.loss_fn(image_features, text_features, logit_scale, groups=self._groups(batch))
         self._check_finite(loss, batch_idx)
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
         return loss
+
+    def _groups(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The positives groups of a training batch (``None``: CLIP's pairs)."""
+        if self.hparams.positives == "label":
+            return label_groups(batch["label"], batch.get("index"))
+        if self.hparams.positives == "caption":
+            return caption_groups(batch["text"])
+        return None
 
     def _accumulated_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Feature-cache accumulation: the batch is the contrastive batch, processed in ``accum_freq`` chunks.
@@ -222,9 +239,11 @@ class SARCLIPModule(pl.LightningModule):
         chunks = [dict(zip(("image", "text"), pair, strict=True)) for pair in
                   zip(batch["image"].chunk(self.hparams.accum_freq), batch["text"].chunk(self.hparams.accum_freq),
                       strict=True)]
+        groups = self._groups(batch)  # of the whole batch: the chunks' features are put back in batch order
         with torch.no_grad():
             cache = [self(c["image"], c["text"]) for c in chunks]
-            full_loss = self.loss_fn(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2])
+            full_loss = self.loss_fn(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2],
+                                     groups=groups)
         self._check_finite(full_loss, batch_idx)
         optimizer = self.optimizers()
         last = len(chunks) - 1
@@ -232,7 +251,7 @@ class SARCLIPModule(pl.LightningModule):
             image_j, text_j, scale = self(chunk["image"], chunk["text"])
             images = torch.cat([image_j if i == j else c[0] for i, c in enumerate(cache)])
             texts = torch.cat([text_j if i == j else c[1] for i, c in enumerate(cache)])
-            loss = self.loss_fn(images, texts, scale if j == last else scale.detach())
+            loss = self.loss_fn(images, texts, scale if j == last else scale.detach(), groups=groups)
             with self._ddp_gradient_sync(j == last):
                 self.manual_backward(loss)
         if self._replicated_params:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from lightning_sarclip.losses import InfoNCELoss
+from lightning_sarclip.losses import InfoNCELoss, caption_groups, label_groups
 from tests.distributed import run_distributed
 
 
@@ -93,3 +93,75 @@ def test_without_gather_with_grad_matches_open_clip():
 def test_invalid_rank_is_refused():
     with pytest.raises(ValueError, match="rank"):
         InfoNCELoss(rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------------------------------- label-aware contrast
+GROUPS = torch.tensor([3, 1, 3, 0, 1, 3, 2, 0, -5, 2, 1, -6])  # shared labels, two unlabelled pairs
+
+
+def _loss_and_grads_grouped(loss_fn, image, text, scale, groups):
+    return _loss_and_grads(lambda i, t, s: loss_fn(i, t, s, groups=groups), image, text, scale)
+
+
+@pytest.mark.parametrize("scale", [1.0, 14.3, 100.0])
+def test_distinct_groups_are_exactly_open_clip(scale):
+    """Without shared labels the multi-positive target is the identity: ClipLoss, values and gradients."""
+    image, text = _features(12)
+    ours = _loss_and_grads_grouped(InfoNCELoss(), image, text, scale, torch.arange(12) * 7 - 20)
+    ref = _loss_and_grads(ClipLoss(), image, text, scale)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_shared_groups_spread_the_target_over_their_pairs():
+    """Brute force, row by row: -mean over positives of log softmax, both directions."""
+    image, text = _features(12)
+    scale = 14.3
+    logits = scale * image @ text.T
+    expected = 0.0
+    for matrix in (logits, logits.T):
+        log_p = F.log_softmax(matrix, dim=1)
+        for i in range(12):
+            positives = [j for j in range(12) if GROUPS[j] == GROUPS[i]]
+            expected += -sum(log_p[i, j] for j in positives) / len(positives) / 12
+    ours = InfoNCELoss()(image, text, torch.tensor(scale), groups=GROUPS)
+    torch.testing.assert_close(ours, torch.as_tensor(expected / 2), rtol=1e-6, atol=1e-6)
+
+
+def test_group_builders():
+    labels = torch.tensor([2, -1, 2, -1, 0])
+    groups = label_groups(labels, index=torch.tensor([10, 11, 12, 13, 14]))
+    assert groups.tolist() == [2, -12, 2, -14, 0]  # the unlabelled are their own, distinct, negative groups
+    assert label_groups(labels).tolist() == [2, -2, 2, -4, 0]
+    tokens = torch.tensor([[49406, 320, 1125, 49407, 0], [49406, 320, 1125, 49407, 0], [49406, 320, 49407, 0, 0]])
+    captions = caption_groups(tokens)
+    assert captions[0] == captions[1] != captions[2] and bool((captions >= 0).all())
+
+
+def test_groups_must_match_the_batch():
+    with pytest.raises(ValueError, match="one value per pair"):
+        InfoNCELoss()(torch.randn(4, 8), torch.randn(4, 8), 1.0, groups=torch.arange(3))
+
+
+def _grouped_rank_fn(rank, world_size):
+    image, text = _features(2 * 6, seed=1)
+    rows = slice(rank * 6, (rank + 1) * 6)
+    out = {}
+    for local_loss in (False, True):  # one spawn for both: starting processes is the slow part
+        loss_fn = InfoNCELoss(local_loss=local_loss, rank=rank, world_size=world_size)
+        loss, gi, gt, gs = _loss_and_grads_grouped(loss_fn, image[rows], text[rows], 14.3, GROUPS[rows])
+        out[local_loss] = {"loss": loss, "image_grad": gi, "text_grad": gt, "scale_grad": gs}
+    return out
+
+
+def test_groups_across_two_gloo_ranks_equal_one_rank_at_2b():
+    """Positives on the other rank count: groups are gathered with the features (global and local loss)."""
+    image, text = _features(12, seed=1)
+    ref_loss, ref_gi, ref_gt, ref_gs = _loss_and_grads_grouped(InfoNCELoss(), image, text, 14.3, GROUPS)
+    by_rank = run_distributed(_grouped_rank_fn, 2)
+    for local_loss in (False, True):
+        results = [r[local_loss] for r in by_rank]
+        torch.testing.assert_close(sum(r["loss"] for r in results) / 2, ref_loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.cat([r["image_grad"] for r in results]) / 2, ref_gi, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(torch.cat([r["text_grad"] for r in results]) / 2, ref_gt, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(sum(r["scale_grad"] for r in results) / 2, ref_gs, rtol=1e-5, atol=1e-7)
