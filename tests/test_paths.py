@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,10 +238,15 @@ def test_a_class_level_policy_would_be_caught_for_mstar_sdms():
 
 # ---------------------------------------------------------------------------------------------- path 1
 def _check_dataset(dataset: SourceDataset, case: Case, split: str, classnames: list[str], styles, n: int,
-                   seed: int) -> None:
-    """``dataset`` holds exactly the records of ``case`` listed for ``split``, as the reference makes them."""
+                   seed: int, part: set[str] | None = None) -> None:
+    """``dataset`` holds exactly the records of ``case`` listed for ``split`` (or, for a part of a split made on the
+    fly, ``part``'s keys of them), as the reference makes them."""
     reference = case.listing(split)
     records = list(reference.records())
+    if part is not None:
+        by_key = {r.key: r for r in records}
+        assert {r.key for r in dataset.records} == part
+        records = [by_key[r.key] for r in dataset.records]
     assert [r.key for r in dataset.records] == [r.key for r in records]
     assert dataset.listing.policy_spec == reference.policy_spec
     captioner = reference.captioner(styles, n, seed)
@@ -260,6 +266,9 @@ def test_source_datamodule_items_are_the_listing_items(case: Case):
     dm = SourceDataModule(source=case.source, root=str(case.root), source_options=case.options,
                           detection=case.detection, image_size=SIZE, in_chans=CHANS, n_captions=DM_CAPTIONS,
                           seed=DM_SEED, caption_styles=DM_STYLES)
+    if available == {"all"}:  # no official splits: made on the fly, each part read as the listing reads it
+        _check_made_split(case, everything, classnames)
+        return
     mapped = {split: _expected_split(available, split) for split in ("train", "val", "test")}
     if mapped["train"] is not None and mapped["val"] is not None:
         dm.setup("fit")
@@ -283,6 +292,24 @@ def test_source_datamodule_items_are_the_listing_items(case: Case):
                            n_captions=DM_CAPTIONS, seed=DM_SEED, caption_styles=DM_STYLES,
                            source_options=case.options, detection=case.detection)
     _check_dataset(direct, case, split, direct.classnames, DM_STYLES, DM_CAPTIONS, DM_SEED)
+
+
+def _check_made_split(case: Case, everything: list[SARRecord], classnames: list[str]) -> None:
+    dm = SourceDataModule(source=case.source, root=str(case.root), source_options=case.options,
+                          detection=case.detection, image_size=SIZE, in_chans=CHANS, n_captions=DM_CAPTIONS,
+                          seed=DM_SEED, caption_styles=DM_STYLES, split_fractions={"train": 0.5, "val": 0.5})
+    per_class = Counter(r.labels[0] if r.labels else None for r in everything)
+    if max(per_class.values()) == 1:  # every class keeps its one image for training: nothing to validate on
+        with pytest.raises(ValueError, match="left both val and test empty"):
+            dm.setup("fit")
+        return
+    dm.setup("fit")
+    parts = {split: {r.key for r in dm.datasets[split].records} for split in ("train", "val")}
+    assert parts["train"] and parts["val"] and not parts["train"] & parts["val"], case.id
+    assert parts["train"] | parts["val"] == {r.key for r in everything}, case.id  # test's share is 0 here
+    for split, keys in parts.items():
+        assert dm.datasets[split].classnames == classnames
+        _check_dataset(dm.datasets[split], case, "all", classnames, DM_STYLES, DM_CAPTIONS, DM_SEED, part=keys)
 
 
 @pytest.mark.parametrize("case_id", CLI_CASES)
@@ -309,17 +336,17 @@ def test_fast_dev_run_fit_through_the_cli_reads_with_the_instance_policy(case_id
             "--data.init_args.image_size", str(SIZE), "--data.init_args.batch_size", "2",
             "--data.init_args.eval_batch_size", "2", "--data.init_args.num_workers", "0",
             "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false", "--run_root", str(tmp_path)]
-    if available == {"all"}:
-        with pytest.raises(ValueError, match="corpus builder"):
-            main(argv)
-        assert not calls
-        return
+    if available == {"all"}:  # split on the fly (half and half, so that a tiny fixture has a val part)
+        argv += ["--data.init_args.split_fractions", "{train: 0.5, val: 0.5}"]
     main(argv)
     assert calls, "the fit read no image through the listing"
     assert {c[0] for c in calls} == {case.source}
     assert all(c[1] == reference.policy_spec for c in calls)  # the instance's policy, not the class's
     seen_splits = {c[3] for c in calls}
-    assert "train" in seen_splits and _expected_split(available, "val") in seen_splits
+    if available == {"all"}:  # the made parts hold the source's own 'all' records
+        assert seen_splits == {"all"} and len({c[2] for c in calls}) > 1
+    else:
+        assert "train" in seen_splits and _expected_split(available, "val") in seen_splits
     keys = {r.key for r in reference.records()}
     assert {c[2] for c in calls} <= keys
 
@@ -463,10 +490,9 @@ def test_real_raw_mstar_chip_reads_through_the_datamodule(tmp_path):
     options = {"layout": "sdms", "protocol": "all", "allowed_roots": [str(RAW_MSTAR.parent)]}
     dm = SourceDataModule(source="mstar", root=str(tmp_path), source_options=options, image_size=SIZE,
                           in_chans=CHANS, tokenizer=TEST_ARCH, eval_batch_size=1)
-    with pytest.raises(ValueError, match="corpus builder"):
+    with pytest.raises(ValueError, match="left both val and test empty"):  # one image: it is the train part
         dm.setup("fit")
-    dm.setup("test")  # falls back to the 'all' records
-    dataset = dm.datasets["test"]
+    dataset = dm.build_dataset("train")
     assert len(dataset) == 1
     record = dataset.records[0]
     assert record.label == "SLICY" and record.metadata["depression_deg"] == 15 and record.size == (54, 54)
@@ -479,6 +505,7 @@ def test_real_raw_mstar_chip_reads_through_the_datamodule(tmp_path):
     assert torch.equal(image, reference.load_image(record, SIZE, CHANS))
     assert _class_policy_differs(reference, record)
     assert item["label"] == -1  # SLICY is not among the 10 SOC classes
+    dm.datasets["test"] = dataset  # through the evaluation loader's collate
     batch = next(iter(dm.test_dataloader()))
     assert torch.equal(batch["image"][0], image)
     # Under the SOC protocol the calibration target is skipped, so the source has no records at all.

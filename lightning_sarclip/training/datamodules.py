@@ -15,6 +15,7 @@ restarted from a checkpoint sees exactly the batches the uninterrupted run would
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import defaultdict
@@ -37,7 +38,9 @@ from lightning_sarclip.data.samplers import (
 )
 from lightning_sarclip.data.source_dataset import SourceDataset
 from lightning_sarclip.data.sources import get_source
+from lightning_sarclip.data.splits import PARTS, check_fractions, part_counts, stratified_split
 from lightning_sarclip.data.synthetic import SyntheticSARDataset
+from lightning_sarclip.utils.atomic import atomic_write_json
 
 log = logging.getLogger("lightning_sarclip")
 
@@ -49,6 +52,9 @@ STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
     "predict": ("test",),
     None: ("train", "val", "test"),
 }
+
+#: ``SourceDataModule``'s default train/val/test shares for a source without official splits.
+DEFAULT_SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
 
 def build_tokenizer(name: str) -> Callable[..., torch.Tensor]:
@@ -303,8 +309,14 @@ class SourceDataModule(SARDataModule):
 
     The source is listed once (all splits, records only) and its official splits are mapped to the stages:
     ``val`` falls back to ``test`` and ``test`` to ``val`` when a source ships only one of them (MSTAR SOC,
-    SARLANG-1M), with a warning. A source without official splits (``"all"``) can be evaluated as a whole but not
-    fitted: build a corpus with the corpus builder, which splits it.
+    SARLANG-1M), with a warning. A source without official splits (all records ``"all"``, e.g. a flat
+    ``class_folder``) is split on the fly into train/val/test parts by ``split_fractions`` and ``split_seed``:
+    stratified by label, object chips and ``split_group_by`` groups kept in one part, independent of the listing
+    order (:func:`~lightning_sarclip.data.splits.stratified_split`); the stages then map to those parts (an empty
+    part falls back like a missing official split). Under a trainer the split is saved as ``split.json`` in the run
+    directory (``trainer.default_root_dir``, rank 0 only); a later ``setup`` that finds that file (a resumed run,
+    ``validate``/``test`` of the run) uses the saved parts, and refuses to go on when the source lists other
+    records or the split settings differ. Without a trainer the split is made the same way but not saved.
     Label indices come from one class list shared by every split.
 
     Args:
@@ -317,8 +329,18 @@ class SourceDataModule(SARDataModule):
         source_options: extra keyword arguments of the source's constructor (e.g. ``{"image_column": "path"}``).
         detection: detection sources (HRSID, SARDet-100K ...) as ``whole`` images captioned with their objects'
             counts and positions, one labelled ``chips`` record per box, or ``both``.
+        split_fractions: train, val and test shares for a source without official splits, as ``[0.8, 0.1, 0.1]``
+            or ``{train: 0.8, val: 0.1, test: 0.1}`` (non-negative, train > 0, summing to 1). Ignored, with a
+            warning when changed, for a source with official splits.
+        split_seed: seed of that split (the same records and seed give the same parts; independent of
+            ``seed_everything``).
+        split_group_by: metadata key whose records must stay in one part (like the corpus builder's ``group_by``,
+            e.g. ``pair_id`` of SAMPLE); ``None`` keeps only object chips with their image.
         Other arguments: see :class:`SARDataModule` (passed on as ``**kwargs``).
     """
+
+    #: File in the run directory holding a made split (see the class docstring).
+    SPLIT_FILE = "split.json"
 
     def __init__(
         self,
@@ -330,6 +352,9 @@ class SourceDataModule(SARDataModule):
         policy: str | dict | None = None,
         source_options: dict[str, Any] | None = None,
         detection: str = "whole",
+        split_fractions: tuple[float, float, float] | dict[str, float] = DEFAULT_SPLIT_FRACTIONS,
+        split_seed: int = 0,
+        split_group_by: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -342,8 +367,18 @@ class SourceDataModule(SARDataModule):
             raise ValueError(f"detection must be one of {DETECTION_MODES}, got {detection!r}")
         self.source_cls = get_source(source)  # unknown names fail at construction, before any training
         self.caption_styles = tuple(caption_styles)
+        self.split_fractions = check_fractions(split_fractions, "split_fractions")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+            raise ValueError(f"split_seed: expected an integer, got {split_seed!r}")
+        if split_group_by is not None and (not isinstance(split_group_by, str) or not split_group_by):
+            raise ValueError(f"split_group_by: expected null or a metadata key, got {split_group_by!r}")
+        self.split_seed = split_seed
+        self.split_group_by = split_group_by
         self._listing: SourceListing | None = None
         self._records: dict[str, list] | None = None
+        self._made: dict[str, list] | None = None  # the parts of a made split (all three, maybe empty)
+        self._served_splits: dict[str, list] | None = None
+        self._adopted: Path | None = None  # the split.json whose parts are in use
         self._classnames: list[str] | None = None
 
     def check_data(self) -> None:
@@ -373,33 +408,135 @@ class SourceDataModule(SARDataModule):
             self._classnames = self.listing.classnames or sorted(labels)
         return self._records
 
+    def _served(self) -> dict[str, list]:
+        """The records that serve the stages, by split: the official splits, or the non-empty parts of the split
+        made for a source without them (computed once; replaced by a saved split, see :meth:`setup`)."""
+        if self._served_splits is None:
+            by_split = self._list_records()
+            if set(by_split) == {"all"}:
+                if self._made is None:
+                    self._made = stratified_split(by_split["all"], self.split_fractions, self.split_seed,
+                                                  self.split_group_by)
+                self._served_splits = {part: records for part, records in self._made.items() if records}
+            else:
+                changed = [name for name, value, default in (
+                    ("split_fractions", tuple(self.split_fractions.values()), DEFAULT_SPLIT_FRACTIONS),
+                    ("split_seed", self.split_seed, 0), ("split_group_by", self.split_group_by, None),
+                ) if value != default]
+                if changed:
+                    log.warning("source %r has official splits %s; %s ignored", self.source_cls.name,
+                                sorted(by_split), ", ".join(changed))
+                self._served_splits = by_split
+        return self._served_splits
+
     def source_split(self, split: str) -> str:
-        """The source split that serves the datamodule's ``split`` (see the class docstring)."""
-        available = self._list_records()
+        """The source split (or made part) that serves the datamodule's ``split`` (see the class docstring)."""
+        available = self._served()
         if split in available:
             return split
         name = self.source_cls.name
+        made = self._made is not None
+        what = "part" if made else "split"
         if split == "train":
-            if set(available) == {"all"}:
-                raise ValueError(
-                    f"source {name!r} has no official splits (its records are 'all'), so it cannot be fitted "
-                    "directly; build a corpus with the corpus builder, which splits it into "
-                    "train/val/test without leakage (see the README)"
-                )
             raise ValueError(f"source {name!r} has no train split (it has {sorted(available)})")
         for fallback in {"val": ("test", "all"), "test": ("val", "all")}.get(split, ()):
             if fallback in available:
-                log.warning("source %r has no %r split; using its %r split instead", name, split, fallback)
+                log.warning("source %r has no %r %s; using its %r %s instead%s", name, split, what, fallback, what,
+                            f" (split_fractions {self.split_fractions} left it empty)" if made else "")
                 return fallback
+        if made:
+            total = sum(len(records) for records in self._made.values())
+            raise ValueError(
+                f"source {name!r} has no official splits, and split_fractions {self.split_fractions} left both val "
+                f"and test empty ({total} records, {len(self._classnames or [])} classes; a class keeps at least one "
+                "train image): give val/test larger shares or add images"
+            )
         raise ValueError(f"source {name!r} has no {split!r} split (it has {sorted(available)})")
 
     def build_dataset(self, split: str) -> Dataset:
-        records = self._list_records()[self.source_split(split)]
+        records = self._served()[self.source_split(split)]
         captioner = self.listing.captioner(self.caption_styles, self.dataset_kwargs["n_captions"],
                                            self.dataset_kwargs["seed"])
         return SourceDataset.from_listing(self.listing, records, split, image_size=self.image_size,
                                           in_chans=self.in_chans, captioner=captioner,
                                           n_captions=self.dataset_kwargs["n_captions"], classnames=self._classnames)
+
+    # ------------------------------------------------------------------ made split in the run directory
+    def setup(self, stage: str | None = None) -> None:
+        """Set up as :meth:`SARDataModule.setup`; for a made split under a trainer, first use the run directory's
+        ``split.json`` when there is one, and afterwards write it when there is none (global rank 0)."""
+        run_dir = self._run_dir()
+        if run_dir is not None and set(self._list_records()) == {"all"}:
+            self._adopt_saved_split(run_dir / self.SPLIT_FILE)
+        super().setup(stage)
+        if run_dir is not None and self._made is not None and self.trainer.is_global_zero:
+            path = run_dir / self.SPLIT_FILE
+            if not path.exists():  # every rank made the same split; one writes it
+                atomic_write_json(path, self.split_manifest(), default=str)
+                self._adopted = path
+
+    def _run_dir(self) -> Path | None:
+        """The attached trainer's run directory (``default_root_dir``, which the CLI sets to ``runs/<name>``)."""
+        trainer = getattr(self, "trainer", None)
+        return Path(trainer.default_root_dir) if trainer is not None else None
+
+    def split_manifest(self) -> dict[str, Any]:
+        """The made split as saved in ``split.json``: settings, source, per-part class counts and record ids."""
+        self._served()
+        if self._made is None:
+            raise RuntimeError(f"source {self.source_cls.name!r} has official splits; nothing was split")
+        kwargs = self.dataset_kwargs
+        return {
+            "version": 1,
+            "source": self.source_cls.name,
+            "root": str(Path(kwargs["root"]).resolve()),
+            "source_options": kwargs["source_options"],
+            "detection": kwargs["detection"],
+            "fractions": self.split_fractions,
+            "seed": self.split_seed,
+            "group_by": self.split_group_by,
+            "records": sum(len(records) for records in self._made.values()),
+            "counts": part_counts(self._made),
+            "parts": {part: [r.source_id for r in records] for part, records in self._made.items()},
+        }
+
+    def _adopt_saved_split(self, path: Path) -> None:
+        """Use the parts saved in ``path`` (if it exists), after checking they belong to this source and settings
+        and that the source still lists exactly the saved records."""
+        if self._adopted == path or not path.is_file():
+            return
+        try:
+            saved = json.loads(path.read_text())
+            saved_parts = {part: list(saved["parts"][part]) for part in PARTS}
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a split file written by SourceDataModule ({error!r}); delete it to split "
+                             "again") from error
+        wanted = {"source": self.source_cls.name, "fractions": self.split_fractions, "seed": self.split_seed,
+                  "group_by": self.split_group_by}
+        differ = [f"{key} {saved.get(key)!r} there, {value!r} now" for key, value in wanted.items()
+                  if saved.get(key) != value]
+        remedy = ("the run's split must stay as it was; start a new run (another --name, or --new_run true) for a new "
+                  f"split, or delete {path} if nothing of this run should be kept")
+        if differ:
+            raise ValueError(f"{path} holds this run's split, made with other settings: {'; '.join(differ)}; {remedy}")
+        listed = {r.source_id: r for r in self._list_records()["all"]}
+        saved_ids = [i for part in PARTS for i in saved_parts[part]]
+        added = sorted(set(listed) - set(saved_ids))
+        removed = sorted(set(saved_ids) - set(listed))
+        if added or removed or len(saved_ids) != len(set(saved_ids)):
+            change = "; ".join(f"{len(ids)} {how} (e.g. {ids[:3]})"
+                               for how, ids in (("added", added), ("removed", removed)) if ids)
+            raise ValueError(f"{path}: source {self.source_cls.name!r} at {self.dataset_kwargs['root']} no longer "
+                             f"lists the records this run was split with: {change or 'repeated ids in the file'}; "
+                             f"{remedy}")
+        made = {part: [listed[i] for i in saved_parts[part]] for part in PARTS}
+        current = self._made
+        if current is not None and any([r.source_id for r in current[p]] != saved_parts[p] for p in PARTS):
+            for split in [s for s in self.datasets if s in PARTS]:  # built from a split that is not the run's
+                del self.datasets[split]
+        self._made = made
+        self._served_splits = None
+        self._adopted = path
 
 
 class CorpusDataModule(SARDataModule):

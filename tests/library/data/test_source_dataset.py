@@ -104,11 +104,13 @@ def test_datamodule_maps_missing_splits(caplog):
     assert len(dm.datasets["val"]) == 1 and dm.classnames == []
     val = next(iter(dm.val_dataloader()))
     assert val["text"].shape == (1, 2, CONTEXT) and val["label"].tolist() == [-1]
-    flat = _dm(root=str(FLAT))
-    with pytest.raises(ValueError, match="corpus builder"):
+    flat = _dm(root=str(FLAT))  # 3 images of 2 classes: each class keeps a train image, 10% of 3 rounds to 0
+    with pytest.raises(ValueError, match="left both val and test empty"):
         flat.setup("fit")
-    flat.setup("validate")  # a source without splits can still be evaluated as a whole
-    assert len(flat.datasets["val"]) == 3 and flat.classnames == ["oil_tank", "ship"]
+    flat = _dm(root=str(FLAT), split_fractions={"train": 0.5, "val": 0.5})  # split on the fly (test_source_split)
+    flat.setup("fit")
+    train, val = ({r.source_id for r in flat.datasets[s].records} for s in ("train", "val"))
+    assert len(train) + len(val) == 3 and not train & val and flat.classnames == ["oil_tank", "ship"]
     with pytest.raises(ValueError, match="unknown SAR source"):
         _dm(source="nope")
 
