@@ -35,10 +35,11 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from lightning_sarclip.data.augment import POSITIONAL_STYLES, ChipAugment
 from lightning_sarclip.data.corpus import decode_png, read_shard
 from lightning_sarclip.data.transforms import resize_square, to_model_channels
 
-POSITIONAL_STYLES = frozenset({"absolute", "relative"})
+_CORPUS_AUGMENT = ChipAugment()  # crop 80-100%, flips, 90-degree rotations (no intensity change)
 log = logging.getLogger("lightning_sarclip")
 
 __all__ = ["CorpusDataset", "EmptySplitError"]
@@ -145,21 +146,9 @@ class CorpusDataset(Dataset):
         return {"image": tensor, "captions": captions, "label": label, "index": index}
 
     def _augment(self, image: np.ndarray, geometric: bool, rng: random.Random) -> torch.Tensor:
-        if not self.augment:
-            return resize_square(image, self.image_size)
-        c, h, w = image.shape
-        if geometric:
-            area = rng.uniform(0.8, 1.0) * h * w
-            side_h = min(h, max(1, round((area * h / w) ** 0.5)))
-            side_w = min(w, max(1, round((area * w / h) ** 0.5)))
-            top, left = rng.randint(0, h - side_h), rng.randint(0, w - side_w)
-            image = image[:, top : top + side_h, left : left + side_w]
-            if rng.random() < 0.5:
-                image = image[:, :, ::-1]
-            if rng.random() < 0.5:
-                image = image[:, ::-1, :]
-            image = np.rot90(image, k=rng.randint(0, 3), axes=(1, 2))
-        return resize_square(np.ascontiguousarray(image), self.image_size)
+        if self.augment:
+            image = _CORPUS_AUGMENT(image, rng, geometric=geometric)
+        return resize_square(image, self.image_size)
 
 
 def _meta_name(shard: str) -> str:

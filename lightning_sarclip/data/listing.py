@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lightning_sarclip.data.captions import STYLES, Captioner, CaptionVocabulary
@@ -38,10 +39,14 @@ from lightning_sarclip.data.transforms import build_policy, resize_square, to_mo
 __all__ = ["DETECTION_MODES", "SourceListing", "model_input"]
 
 
+def source_array(record: SARRecord, policy: Any, in_chans: int) -> np.ndarray:
+    """``record``'s image converted by ``policy`` to ``(in_chans, H, W)`` in [0, 1], at its own size."""
+    return to_model_channels(policy(read_sar(record.image)), in_chans, record.image.name)
+
+
 def model_input(record: SARRecord, policy: Any, image_size: int, in_chans: int) -> torch.Tensor:
     """``record``'s image as the model sees it: ``float32 (in_chans, image_size, image_size)`` in [0, 1]."""
-    array = to_model_channels(policy(read_sar(record.image)), in_chans, record.image.name)
-    return resize_square(array, image_size).clamp_(0.0, 1.0).to(torch.float32)
+    return resize_square(source_array(record, policy, in_chans), image_size).clamp_(0.0, 1.0).to(torch.float32)
 
 
 def _construct(source_cls: type[SARSource], root: str | Path, split: str, options: dict[str, Any]) -> SARSource:
@@ -114,6 +119,10 @@ class SourceListing:
     def load_image(self, record: SARRecord, image_size: int, in_chans: int) -> torch.Tensor:
         """``record``'s model input, converted with this listing's policy."""
         return model_input(record, self.policy, image_size, in_chans)
+
+    def load_array(self, record: SARRecord, in_chans: int) -> np.ndarray:
+        """``record``'s converted image at its own size (what augmentation crops before the resize)."""
+        return source_array(record, self.policy, in_chans)
 
     def __repr__(self) -> str:
         return (f"SourceListing({self.source!r}, {self.root!r}, split={self.split!r}, policy={self.policy_spec!r}, "

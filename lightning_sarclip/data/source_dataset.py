@@ -8,14 +8,17 @@ error naming the file: substituting another image would silently change the trai
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from lightning_sarclip.data.augment import POSITIONAL_STYLES, ChipAugment
 from lightning_sarclip.data.captions import STYLES, Captioner
 from lightning_sarclip.data.listing import SourceListing
 from lightning_sarclip.data.records import SARRecord
+from lightning_sarclip.data.transforms import resize_square
 
 __all__ = ["SourceDataset", "fixed_count"]
 
@@ -81,11 +84,14 @@ class SourceDataset(Dataset):
         captioner: Captioner | None = None,
         n_captions: int = 5,
         classnames: Sequence[str] | None = None,
+        augment: ChipAugment | None = None,
     ) -> SourceDataset:
-        """A dataset over ``records`` of ``listing`` (e.g. one split of an ``all`` listing, or a subset)."""
+        """A dataset over ``records`` of ``listing`` (e.g. one split of an ``all`` listing, or a subset);
+        ``augment`` applies to every item (the datamodule passes it for training only)."""
         dataset = cls.__new__(cls)
         dataset._setup(listing, list(records), split, image_size, in_chans,
                        captioner or listing.captioner(n_captions=n_captions), n_captions, classnames)
+        dataset.augment = augment
         return dataset
 
     def _setup(self, listing: SourceListing, records: list[SARRecord], split: str, image_size: int, in_chans: int,
@@ -108,6 +114,7 @@ class SourceDataset(Dataset):
         self._class_index = {name: i for i, name in enumerate(self.classnames)}
         self.captioner = captioner
         self.policy = listing.policy
+        self.augment: ChipAugment | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -119,9 +126,19 @@ class SourceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
+        if self.augment is None:
+            image = self.listing.load_image(record, self.image_size, self.in_chans)
+            captions = self.captioner.captions(record)
+        else:  # geometry only when no caption of the pair names a position
+            styled = self.captioner.captions_with_styles(record)
+            captions = [text for text, _ in styled]
+            array = self.listing.load_array(record, self.in_chans)
+            array = self.augment(array, random.Random(random.getrandbits(64)),
+                                 geometric=not any(style in POSITIONAL_STYLES for _, style in styled))
+            image = resize_square(array, self.image_size).clamp_(0.0, 1.0)
         return {
-            "image": self.listing.load_image(record, self.image_size, self.in_chans),
-            "captions": fixed_count(self.captioner.captions(record), self.n_captions),
+            "image": image,
+            "captions": fixed_count(captions, self.n_captions),
             "label": self.label_of(record),
             "index": index,
         }

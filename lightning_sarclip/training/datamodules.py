@@ -27,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_sarclip.data.augment import ChipAugment
 from lightning_sarclip.data.corpus_dataset import CorpusDataset, EmptySplitError
 from lightning_sarclip.data.listing import DETECTION_MODES, SourceListing
 from lightning_sarclip.data.samplers import (
@@ -336,6 +337,9 @@ class SourceDataModule(SARDataModule):
             ``seed_everything``).
         split_group_by: metadata key whose records must stay in one part (like the corpus builder's ``group_by``,
             e.g. ``pair_id`` of SAMPLE); ``None`` keeps only object chips with their image.
+        augment: SAR-safe augmentation of training images (:class:`~lightning_sarclip.data.augment.ChipAugment`):
+            ``true`` for its defaults (crop 80-100%, flips, 90-degree rotations; geometry skipped for pairs whose
+            captions name positions), a mapping of its fields (``{db_jitter: 2, rot90: false}``), or ``false``.
         Other arguments: see :class:`SARDataModule` (passed on as ``**kwargs``).
     """
 
@@ -355,6 +359,7 @@ class SourceDataModule(SARDataModule):
         split_fractions: tuple[float, float, float] | dict[str, float] = DEFAULT_SPLIT_FRACTIONS,
         split_seed: int = 0,
         split_group_by: str | None = None,
+        augment: bool | dict[str, Any] = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -374,6 +379,15 @@ class SourceDataModule(SARDataModule):
             raise ValueError(f"split_group_by: expected null or a metadata key, got {split_group_by!r}")
         self.split_seed = split_seed
         self.split_group_by = split_group_by
+        if isinstance(augment, dict):
+            try:
+                self.augment: ChipAugment | None = ChipAugment(**{k: tuple(v) if k == "crop_scale" else v
+                                                                  for k, v in augment.items()})
+            except TypeError as error:
+                raise ValueError(f"augment: expected true/false or a mapping of ChipAugment's fields "
+                                 f"(crop_scale, flips, rot90, db_jitter), got {augment!r}") from error
+        else:
+            self.augment = ChipAugment() if augment else None
         self._listing: SourceListing | None = None
         self._records: dict[str, list] | None = None
         self._made: dict[str, list] | None = None  # the parts of a made split (all three, maybe empty)
@@ -459,7 +473,8 @@ class SourceDataModule(SARDataModule):
                                            self.dataset_kwargs["seed"])
         return SourceDataset.from_listing(self.listing, records, split, image_size=self.image_size,
                                           in_chans=self.in_chans, captioner=captioner,
-                                          n_captions=self.dataset_kwargs["n_captions"], classnames=self._classnames)
+                                          n_captions=self.dataset_kwargs["n_captions"], classnames=self._classnames,
+                                          augment=self.augment if split == "train" else None)
 
     # ------------------------------------------------------------------ made split in the run directory
     def setup(self, stage: str | None = None) -> None:
