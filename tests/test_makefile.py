@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -13,10 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
+def _make_n(*args: str) -> str:
+    """``make -n`` as a user's shell runs it: not as a sub-make of ``make test`` (no directory lines, no flags)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=True, env=env).stdout
+
+
 def _recipe(*args: str) -> str:
-    venv = "/nonexistent-sarclip-venv"  # never built: make prints the whole install recipe
-    return subprocess.run(["make", "-n", *args, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout
+    return _make_n(*args, "VENV=/nonexistent-sarclip-venv")  # never built: make prints the whole install recipe
 
 
 def test_cpu_install_takes_torch_from_the_cpu_index_and_refuses_a_cuda_build():
@@ -35,8 +41,7 @@ def test_default_install_has_no_cpu_index_and_renders_fit_help():
 
 
 def test_cpu_venv_is_separate_and_ignored():
-    assert "python3 -m venv .venv-cpu" in subprocess.run(["make", "-n", "install", "CPU=1"], cwd=ROOT,
-                                                          capture_output=True, text=True, check=True).stdout
+    assert "python3 -m venv .venv-cpu" in _make_n("install", "CPU=1")
     assert ".venv-cpu/" in (ROOT / ".gitignore").read_text().split()
 
 

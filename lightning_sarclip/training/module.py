@@ -208,12 +208,19 @@ class SARCLIPModule(pl.LightningModule):
         if not self.automatic_optimization:
             return self._accumulated_step(batch, batch_idx)
         image_features, text_features, logit_scale = self(batch["image"], batch["text"])
-        loss = self.loss_fn(image_features, text_features, logit_scale, groups=self._groups(batch))
+        loss = self._loss(image_features, text_features, logit_scale, self._groups(batch))
         self._check_finite(loss, batch_idx)
         batch_size = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
         return loss
+
+    def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+              groups: torch.Tensor | None) -> torch.Tensor:
+        """The training loss; ``groups`` only reaches the loss when set (a custom loss may not take it)."""
+        if groups is None:
+            return self.loss_fn(image_features, text_features, logit_scale)
+        return self.loss_fn(image_features, text_features, logit_scale, groups=groups)
 
     def _groups(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """The positives groups of a training batch (``None``: CLIP's pairs)."""
@@ -242,8 +249,8 @@ class SARCLIPModule(pl.LightningModule):
         groups = self._groups(batch)  # of the whole batch: the chunks' features are put back in batch order
         with torch.no_grad():
             cache = [self(c["image"], c["text"]) for c in chunks]
-            full_loss = self.loss_fn(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2],
-                                     groups=groups)
+            full_loss = self._loss(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2],
+                                   groups)
         self._check_finite(full_loss, batch_idx)
         optimizer = self.optimizers()
         last = len(chunks) - 1
@@ -251,7 +258,7 @@ class SARCLIPModule(pl.LightningModule):
             image_j, text_j, scale = self(chunk["image"], chunk["text"])
             images = torch.cat([image_j if i == j else c[0] for i, c in enumerate(cache)])
             texts = torch.cat([text_j if i == j else c[1] for i, c in enumerate(cache)])
-            loss = self.loss_fn(images, texts, scale if j == last else scale.detach(), groups=groups)
+            loss = self._loss(images, texts, scale if j == last else scale.detach(), groups)
             with self._ddp_gradient_sync(j == last):
                 self.manual_backward(loss)
         if self._replicated_params:

@@ -159,7 +159,7 @@ def test_quickstart_suite_end_to_end(trained_checkpoint: Path, tmp_path: Path, c
 
     results = tmp_path / "eval" / "results.jsonl"
     main(["evaluate", "--config", str(REPO_ROOT / "experiments" / "eval" / "quickstart.yaml"),
-          "--model.pretrained", str(trained_checkpoint), "--output", str(results)])
+          "--model.pretrained", str(trained_checkpoint), "--model.name", "quickstart", "--output", str(results)])
     rows = read_results(results)
     by_metric = {(r["task"], r["metric"]): r for r in rows}
     assert set(by_metric) == {("zeroshot", m) for m in ("top1", "top3", "top5", "mean_per_class")} | {
