@@ -147,3 +147,18 @@ def test_every_embed_option_is_documented():
     assert "--channel-mode" in options
     missing = sorted(options - documented_fields(EVALUATION, "`embed`: embeddings as parquet"))
     assert not missing, f"docs/evaluation.md, section '`embed`: embeddings as parquet': options {missing} missing"
+
+
+def test_shipped_files_cite_nothing_outside_the_repository():
+    """Configs, class-name files and code comments cite public sources, never the team's internal notes."""
+    import re
+
+    internal = re.compile(r"(?<![\w/])(paper|datasets|anchors|DESIGN)\.md\b|\.\./shared/")
+    offenders = []
+    for folder in ("lightning_sarclip", "experiments", "benchmarks"):
+        for path in sorted((REPO_ROOT / folder).rglob("*")):
+            if path.suffix in (".py", ".yaml", ".json", ".sh", ".md") and "__pycache__" not in path.parts:
+                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                    if internal.search(line):
+                        offenders.append(f"{path.relative_to(REPO_ROOT)}:{number}: {line.strip()[:100]}")
+    assert not offenders, "\n".join(offenders)

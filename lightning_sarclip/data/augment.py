@@ -32,13 +32,14 @@ class ChipAugment:
 
     Args:
         crop_scale: range of the kept area fraction of the random resized crop (``(1, 1)``: no crop).
-        flips: random horizontal and vertical flips.
+        flips: random horizontal and vertical flips (``True``), ``"horizontal"`` only (a flip across the range
+            direction keeps a radar shadow on its side of the target), or ``False``.
         rot90: random rotation by a multiple of 90 degrees.
         db_jitter: maximum gain in dB (0: none); drawn uniformly in ``[-db_jitter, db_jitter]``.
     """
 
     crop_scale: tuple[float, float] = (0.8, 1.0)
-    flips: bool = True
+    flips: bool | str = True
     rot90: bool = True
     db_jitter: float = 0.0
 
@@ -46,6 +47,8 @@ class ChipAugment:
         low, high = self.crop_scale
         if not 0 < low <= high <= 1:
             raise ValueError(f"ChipAugment crop_scale: expected 0 < low <= high <= 1, got {self.crop_scale}")
+        if self.flips not in (True, False, "horizontal"):
+            raise ValueError(f"ChipAugment flips: expected true, false or 'horizontal', got {self.flips!r}")
         if self.db_jitter < 0:
             raise ValueError(f"ChipAugment db_jitter: expected a gain in dB >= 0, got {self.db_jitter}")
 
@@ -67,7 +70,7 @@ class ChipAugment:
         if self.flips:
             if rng.random() < 0.5:
                 image = image[:, :, ::-1]
-            if rng.random() < 0.5:
+            if self.flips is True and rng.random() < 0.5:
                 image = image[:, ::-1, :]
         if self.rot90:
             image = np.rot90(image, k=rng.randint(0, 3), axes=(1, 2))

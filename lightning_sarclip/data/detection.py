@@ -2,7 +2,7 @@
 
 Detection sources (SARDet-100K, SSDD, HRSID, SAR-Ship-Dataset, SAR-AIRcraft-1.0, FAIR-CSAR) yield one record per
 image with boxes and no image-level label. CLIP training needs something to caption, which this module provides
-in two complementary ways (datasets.md section 15):
+in two complementary ways:
 
 **Whole image** (:func:`whole_image_record`). The record is kept, with a summary of its boxes that the caption
 templates (:mod:`lightning_sarclip.data.captions`) turn into text. The summary is plain data, stored as

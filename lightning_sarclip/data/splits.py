@@ -17,7 +17,8 @@ seed; the order in which a reader lists the records does not matter:
   removing an image moves few others. Each part is returned sorted by ``source_id``.
 
 ``SourceDataModule`` (``split_fractions``, ``split_seed``, ``split_group_by``) splits on the fly with it and saves the
-result as ``split.json`` in the run directory. The corpus builder splits ``"all"`` sources its own way
+result as ``split.json`` in the run directory; ``evaluate`` scores a part of the same split with the same three
+settings in a dataset entry (:func:`made_part`). The corpus builder splits ``"all"`` sources its own way
 (:func:`~lightning_sarclip.data.corpus_resume.split_of`: a per-record hash while records stream, unstratified), which
 keeps existing corpora stable.
 """
@@ -32,7 +33,7 @@ from numbers import Real
 
 from lightning_sarclip.data.records import SARRecord
 
-__all__ = ["PARTS", "UNLABELLED", "check_fractions", "group_key", "part_counts", "stratified_split"]
+__all__ = ["PARTS", "UNLABELLED", "check_fractions", "group_key", "made_part", "part_counts", "stratified_split"]
 
 #: The parts a split makes, in order (fractions given as a sequence follow this order).
 PARTS: tuple[str, ...] = ("train", "val", "test")
@@ -183,3 +184,18 @@ def part_counts(parts: Mapping[str, Sequence[SARRecord]]) -> dict[str, dict[str,
     return {part: dict(sorted(Counter(_name(_primary(r)) for r in records).items()))
             for part, records in parts.items()}
 
+
+
+def made_part(records: Iterable[SARRecord], part: str, fractions: Sequence[float] | Mapping[str, float],
+              seed: int = 0, group_by: str | None = None, where: str = "split") -> list[SARRecord]:
+    """The records of ``part`` (``train``, ``val`` or ``test``) of :func:`stratified_split` over ``records``, which
+    must all have split ``"all"`` (a source that ships no splits): what ``SourceDataModule`` serves for that stage
+    with the same fractions, seed and ``group_by``. ``where`` names the caller in errors."""
+    if part not in PARTS:
+        raise ValueError(f"{where}: split fractions make the parts {list(PARTS)}; {part!r} is not one of them")
+    records = list(records)
+    official = sorted({r.split for r in records} - {"all"})
+    if official:
+        raise ValueError(f"{where}: split fractions are for a source without official splits; this one has "
+                         f"{official} (name one of them as the split instead)")
+    return stratified_split(records, fractions, seed, group_by)[part]

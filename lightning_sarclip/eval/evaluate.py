@@ -92,7 +92,11 @@ class DatasetSpec:
         name: the dataset's name in results (``mstar_soc``, ``fusar_ship`` ...).
         source: registered source (``mstar``, ``class_folder``, ``image_caption_table`` ...) or ``corpus``.
         root: the dataset's folder (checked when the suite runs, not when it is parsed).
-        split: split to evaluate (``test``, ``val``, ``all`` ...).
+        split: split to evaluate (``test``, ``val``, ``all`` ...); with ``split_fractions``, the part of the split
+            made on the fly (``train``, ``val`` or ``test``).
+        split_fractions, split_seed, split_group_by: for a source without official splits, split its images as
+            ``SourceDataModule`` does with the same settings (:func:`~lightning_sarclip.data.splits.made_part`), so
+            a run trained on such a source is scored on its own held-out part; ``null``: read ``split`` as is.
         task: ``zeroshot``, ``retrieval`` or ``both``.
         templates: template set (``sar``, ``optical``, ``sar_opt``, ``isprs``, ``simple``), a JSON file or a list.
         classnames: a built-in class-name file (``mstar``, ``fusar_ship`` ...), a JSON file of the same shape, or
@@ -119,6 +123,9 @@ class DatasetSpec:
     source: str
     root: str
     split: str = "test"
+    split_fractions: list[float] | dict[str, float] | None = None
+    split_seed: int = 0
+    split_group_by: str | None = None
     task: str = "zeroshot"
     templates: str | list[str] = "sar"
     classnames: str | list[str] | None = None
@@ -187,6 +194,14 @@ def check_dataset_spec(spec: DatasetSpec) -> None:
             raise ValueError(f"{where}: {key} must be >= 1, got {getattr(spec, key)}")
     if spec.max_images is not None and spec.max_images < 1:
         raise ValueError(f"{where}: max_images must be >= 1 or null, got {spec.max_images}")
+    if spec.split_fractions is not None:
+        from lightning_sarclip.data.splits import PARTS, check_fractions
+
+        check_fractions(spec.split_fractions, f"{where}: split_fractions")
+        if spec.split not in PARTS:
+            raise ValueError(f"{where}: with split_fractions, split must be one of {list(PARTS)}, got {spec.split!r}")
+        if spec.source == "corpus":
+            raise ValueError(f"{where}: a corpus has its own splits; split_fractions is for a source without them")
 
 
 # ---------------------------------------------------------------------------------------------- class names
@@ -321,9 +336,15 @@ def _prepare_source(spec: DatasetSpec, image_size: int, in_chans: int) -> Prepar
     from lightning_sarclip.data.listing import SourceListing
     from lightning_sarclip.data.source_dataset import SourceDataset
 
-    listing = SourceListing(spec.source, spec.root, spec.split, options=spec.source_options, policy=spec.policy,
-                            detection=spec.detection)
+    made = spec.split_fractions is not None  # a part of a split made on the fly, as SourceDataModule makes it
+    listing = SourceListing(spec.source, spec.root, "all" if made else spec.split, options=spec.source_options,
+                            policy=spec.policy, detection=spec.detection)
     records = list(listing.records())
+    if made:
+        from lightning_sarclip.data.splits import made_part
+
+        records = made_part(records, spec.split, spec.split_fractions, spec.split_seed, spec.split_group_by,
+                            where=f"dataset {spec.name!r} ({spec.source} at {spec.root})")
     records = [records[i] for i in _subset(len(records), spec.max_images, spec.seed)]
     if not records:
         raise ValueError(f"dataset {spec.name!r}: source {spec.source!r} at {spec.root} has no images in split "

@@ -59,7 +59,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` also follows every training-epoch end and the end of training.
+    """``ModelCheckpoint`` whose ``last.ckpt`` also follows every training-epoch end (every ``every_n_epochs``-th
+    when that is set) and the end of training.
 
     Arguments are ``ModelCheckpoint``'s. The extra writes happen only with ``save_last`` and only when no
     checkpoint was written at the current step already (they never replace a top-k or step checkpoint).
@@ -77,6 +78,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
+        every = self._every_n_epochs  # 0 when only steps or time were asked for: then every epoch end
+        if every and (trainer.current_epoch + 1) % every:
+            return  # every_n_epochs: N keeps its meaning for last.ckpt (saving costs a fraction of a short epoch)
         self._write_last(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

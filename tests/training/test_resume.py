@@ -240,6 +240,22 @@ def test_run_checkpoint_keeps_last_ckpt_at_the_final_step(tmp_path):
     assert [key.split("{")[0] for key in callbacks] == ["ModelCheckpoint"]  # interchangeable with ModelCheckpoint
 
 
+def test_run_checkpoint_every_n_epochs_writes_last_ckpt_that_often_and_at_the_end(tmp_path, monkeypatch):
+    """``every_n_epochs: 2`` over 5 epochs of 2 steps: last.ckpt after epochs 2 and 4, then at the end (step 10)."""
+    written = []
+    original = RunCheckpoint._save_last_checkpoint
+
+    def spy(self, trainer, monitor_candidates):
+        written.append(trainer.global_step)
+        return original(self, trainer, monitor_candidates)
+
+    monkeypatch.setattr(RunCheckpoint, "_save_last_checkpoint", spy)
+    checkpoint = RunCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_epochs=2)
+    _trainer([checkpoint], max_epochs=5).fit(_module(), _data(num_train=8))
+    assert sorted(set(written)) == [4, 8, 10]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 10
+
+
 def test_cli_uses_atomic_checkpoint_io_and_run_checkpoint_unless_configured(tmp_path):
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 

@@ -207,3 +207,28 @@ def test_fit_through_the_cli_splits_a_flat_folder_and_a_changed_folder_stops_the
     shutil.copyfile(root / "ship" / "000.png", root / "ship" / "new.png")
     with pytest.raises(ValueError, match=rf"{path}: .* 1 added \(e\.g\. \['ship/new\.png'\]\)"):
         main([*argv, "--ckpt_path", "last"])
+
+
+def test_evaluate_scores_the_part_the_datamodule_held_out(tmp_path):
+    """``evaluate`` with the run's split settings reads exactly the records ``SourceDataModule`` served for that
+    stage (one split function); on a source with official splits, or with a part that does not exist, it refuses."""
+    from lightning_sarclip.eval.evaluate import DatasetSpec, _prepare_source, check_dataset_spec
+
+    root = _flat_folder(tmp_path / "chips")
+    dm = _dm(root, split_fractions=(0.6, 0.2, 0.2), split_seed=3)
+    dm.setup(None)
+    for part in ("train", "val", "test"):
+        spec = DatasetSpec(name="held", source="class_folder", root=str(root), split=part,
+                           split_fractions=[0.6, 0.2, 0.2], split_seed=3)
+        check_dataset_spec(spec)
+        prepared = _prepare_source(spec, 32, 1)
+        assert [r.source_id for r in prepared.images.records] == [r.source_id for r in dm.datasets[part].records]
+    other_seed = _prepare_source(DatasetSpec(name="held", source="class_folder", root=str(root), split="test",
+                                             split_fractions=[0.6, 0.2, 0.2], split_seed=4), 32, 1)
+    assert [r.source_id for r in other_seed.images.records] != [r.source_id for r in dm.datasets["test"].records]
+    with pytest.raises(ValueError, match=r"split must be one of \['train', 'val', 'test'\], got 'all'"):
+        check_dataset_spec(DatasetSpec(name="held", source="class_folder", root=str(root), split="all",
+                                       split_fractions=[0.6, 0.2, 0.2]))
+    with pytest.raises(ValueError, match=r"has \['test', 'train', 'val'\] \(name one of them as the split instead\)"):
+        _prepare_source(DatasetSpec(name="held", source="class_folder", root=str(SPLIT_LAYOUT), split="test",
+                                    split_fractions=[0.6, 0.2, 0.2]), 32, 1)

@@ -31,6 +31,20 @@ def test_no_geometry_keeps_every_pixel_in_place():
     assert np.array_equal(ChipAugment()(image, random.Random(1), geometric=False), image)
 
 
+def test_horizontal_flips_mirror_left_right_only_and_both_occur():
+    """``flips: horizontal`` keeps rows in order (a shadow stays on its side of the target in range)."""
+    image = _image()
+    seen = set()
+    for seed in range(30):
+        out = ChipAugment(flips="horizontal", rot90=False, crop_scale=(1, 1))(image, random.Random(seed))
+        if np.array_equal(out, image):
+            seen.add("kept")
+        else:
+            assert np.array_equal(out, image[:, :, ::-1]), seed
+            seen.add("mirrored")
+    assert seen == {"kept", "mirrored"}
+
+
 def test_db_gain_multiplies_values_within_the_range_and_clips():
     image = _image() * 0.5
     for seed in range(10):
@@ -46,6 +60,8 @@ def test_bad_settings_are_refused():
         ChipAugment(crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="db_jitter"):
         ChipAugment(db_jitter=-1)
+    with pytest.raises(ValueError, match="flips: expected true, false or 'horizontal', got 'vertical'"):
+        ChipAugment(flips="vertical")
     with pytest.raises(ValueError, match="ChipAugment's fields"):
         SourceDataModule(source="mstar", root=str(MSTAR), augment={"rotate": True})
 
