@@ -115,33 +115,42 @@ def run_ours(args: argparse.Namespace, work: Path) -> list[tuple[float, Path]]:
                *limits, "--trainer.limit_val_batches", "0",
                "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
                f"--trainer.callbacks+={json.dumps(callback)}",
-               "--run_root", str(work / "runs"), "--name", "ours", *made, *args.ours_args]
+               "--run_root", str(work / "runs"), "--name", "ours", "--seed_everything", str(args.seed), *made,
+               *args.ours_args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     print("ours:", " ".join(command), flush=True)
     subprocess.run(command, check=True, env=env, cwd=REPO)
     return sorted((float(p.stem[1:]), p) for p in snapshots.glob("t*.ckpt"))
 
 
-def score_ours(args: argparse.Namespace, ckpt: Path, split: str) -> dict[str, float]:
-    from lightning_sarclip.eval.evaluate import DatasetSpec, EvalConfig, ModelSpec, run
+def score_ours(args: argparse.Namespace, ckpt: Path, split: str, run: dict[str, Any]) -> dict[str, float]:
+    """Zero-shot on ``split`` through ``evaluate``'s code, read the way the run read its data (its conversion policy,
+    reader options and on-the-fly split) and prompted as its zero-shot callback was configured."""
+    from lightning_sarclip.eval.evaluate import DatasetSpec, EvalConfig, ModelSpec
+    from lightning_sarclip.eval.evaluate import run as evaluate
 
-    recipe = _recipe_zeroshot(args.config)
+    data, zeroshot = run["data"], run["zeroshot"]
     spec = DatasetSpec(name="heldout", source=args.source, root=str(args.root), split=split, task="zeroshot",
-                       templates=recipe.get("templates", "sar"), batch_size=100, split_fractions=args.made_split)
-    rows = run(EvalConfig(model=ModelSpec(pretrained=str(ckpt)), datasets=[spec], device="cpu",
-                          output=str(ckpt.parent / "eval" / ckpt.stem / "results.jsonl"), figures=False))
+                       templates=zeroshot.get("templates") or "sar", batch_size=100, split_fractions=args.made_split,
+                       policy=data.get("policy"), source_options=dict(data.get("source_options") or {}))
+    rows = evaluate(EvalConfig(model=ModelSpec(pretrained=str(ckpt)), datasets=[spec], device="cpu",
+                               output=str(ckpt.parent / "eval" / ckpt.stem / "results.jsonl"), figures=False))
     values = {row["metric"]: row["value"] for row in rows if row["task"] == "zeroshot"}
     return {"top1": values["top1"], "mean_per_class": values["mean_per_class"]}
 
 
-def _recipe_zeroshot(config: Path) -> dict[str, Any]:
+def run_settings(run_dir: Path) -> dict[str, Any]:
+    """The data and zero-shot settings the ``fit`` run actually used (its saved ``config.yaml``: the recipe with
+    every command-line override applied)."""
     import yaml
 
-    trainer = yaml.safe_load(config.read_text()).get("trainer", {})
-    for callback in trainer.get("callbacks", []) or []:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    data = dict((config.get("data") or {}).get("init_args") or {})
+    zeroshot: dict[str, Any] = {}
+    for callback in (config.get("trainer") or {}).get("callbacks") or []:
         if str(callback.get("class_path", "")).endswith("RetrievalZeroShotCallback"):
-            return dict(callback.get("init_args", {}))
-    return {}
+            zeroshot = dict(callback.get("init_args") or {})
+    return {"data": data, "zeroshot": zeroshot}
 
 
 def _recipe_model(config: Path) -> dict[str, Any]:
@@ -174,7 +183,7 @@ def bare_loop(images: torch.Tensor, labels: torch.Tensor, classnames: list[str],
     import open_clip
     from open_clip.loss import ClipLoss
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = open_clip.create_model(args.bare_model)
     tokenizer = open_clip.get_tokenizer(args.bare_model)
     prompts = tokenizer([t.format(c) for c in classnames for t in BARE_TEMPLATES]).view(len(classnames),
@@ -186,7 +195,7 @@ def bare_loop(images: torch.Tensor, labels: torch.Tensor, classnames: list[str],
     def progress() -> float:  # training seconds (snapshots excluded) or optimizer steps, as --unit says
         return float(steps) if args.unit == "steps" else time.perf_counter() - started - paused
 
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(args.seed)
     model.train()
     while progress() < args.budget:
         for batch in torch.randperm(len(images), generator=generator).split(args.bare_batch_size):
@@ -305,6 +314,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--unit", choices=["seconds", "steps"], default="seconds",
                         help="what the budget counts: wall-clock seconds of training (the result) or optimizer steps "
                              "(per-step learning, independent of machine load)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of both arms (initial weights, batch order, augmentation): repeat with others to "
+                             "see the spread")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both arms (default: torch's own choice)")
     parser.add_argument("--curve-points", type=int, default=6, help="snapshots per arm for the learning curve")
@@ -344,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit("--holdout train-part carves the official train split; this source has none, so the "
                              "default run already scores on a part of the training images")
         args.root, eval_split = train_part_layout(args, work / "train_part"), "test"
-    result: dict[str, Any] = {"source": args.source, "budget": args.budget, "unit": args.unit, "eval_split": eval_split,
+    result: dict[str, Any] = {"source": args.source, "budget": args.budget, "unit": args.unit, "seed": args.seed, "eval_split": eval_split,
                               "holdout": args.holdout, "config": str(args.config), "bare_model": args.bare_model,
                               "bare_lr": args.bare_lr}
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -352,7 +364,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                       args.made_split)
     if "ours" in args.arms:
         snapshots = run_ours(args, work)
-        scores = [(t, score_ours(args, path, eval_split)) for t, path in snapshots]
+        settings = run_settings(work / "runs" / "ours")
+        scores = [(t, score_ours(args, path, eval_split, settings)) for t, path in snapshots]
         curves["ours (fit)"] = [(t, s["top1"]) for t, s in scores]
         result.update(ours_top1=scores[-1][1]["top1"], ours_mean_per_class=scores[-1][1]["mean_per_class"],
                       **{f"ours_{args.unit}": round(scores[-1][0], 1)})
