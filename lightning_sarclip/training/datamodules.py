@@ -192,6 +192,36 @@ class SARDataModule(pl.LightningDataModule):
         if self.tokenizer_name is not None and self._tokenizer is None:
             self._tokenizer = build_tokenizer(self.tokenizer_name)
 
+    def pixel_statistics(self, max_images: int = 1000) -> tuple[list[float], list[float]]:
+        """Mean and standard deviation per channel of the training images as the model receives them (converted,
+        augmented as in training, resized), over all pixels of up to ``max_images`` images spread evenly over the
+        train split. Deterministic: the same data give the same numbers on every rank and every run (each image's
+        augmentation is drawn from its own seed, as training draws it, leaving the global generators as they were).
+
+        Used by ``image_mean/image_std: dataset`` of :class:`~lightning_sarclip.training.module.SARCLIPModule`.
+        """
+        if "train" not in self.datasets:
+            self.datasets["train"] = self.build_dataset("train")
+        dataset = self.datasets["train"]
+        count = len(dataset)  # type: ignore[arg-type]
+        if count == 0:
+            raise ValueError("pixel_statistics: the train split is empty")
+        picks = sorted({int(i * count / min(count, max_images)) for i in range(min(count, max_images))})
+        total = total_sq = None
+        pixels = 0
+        seeded = SeededDataset(dataset)  # the training path's own seeded item: augmentation drawn as in training
+        for index in picks:
+            flat = seeded[(index, index)]["image"].to(torch.float64).flatten(1)
+            total = flat.sum(1) if total is None else total + flat.sum(1)
+            total_sq = (flat * flat).sum(1) if total_sq is None else total_sq + (flat * flat).sum(1)
+            pixels += flat.shape[1]
+        mean = total / pixels
+        std = (total_sq / pixels - mean * mean).clamp_min(0).sqrt()
+        if not bool((std > 1e-6).all()):
+            raise ValueError(f"pixel_statistics: the training images are constant in some channel (std {std.tolist()}"
+                             f" over {len(picks)} images); give image_mean/image_std as numbers")
+        return [float(v) for v in mean], [float(v) for v in std]
+
     @property
     def classnames(self) -> list[str]:
         """Class names for zero-shot prompts, from the first set-up split among val, test and train."""

@@ -15,6 +15,7 @@ Batches are dicts: ``image`` (B, in_chans, S, S) in [0, 1], ``text`` token ids (
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ from lightning_sarclip.losses import InfoNCELoss, caption_groups, label_groups
 from lightning_sarclip.models.factory import build_input_adapter, create_model
 from lightning_sarclip.training.sharding import all_reduce_grads, data_parallel_mesh, shard_model
 from lightning_sarclip.training.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
+
+log = logging.getLogger("lightning_sarclip")
 
 LOGIT_SCALE_MAX = math.log(100.0)
 #: ``positives`` choices of :class:`SARCLIPModule` (see :mod:`lightning_sarclip.losses`)
@@ -53,6 +56,18 @@ def compile_towers(model: torch.nn.Module) -> None:
         tower.compile()
 
 
+def _dataset_statistics(image_mean: Any, image_std: Any) -> bool:
+    """Whether ``image_mean``/``image_std`` ask for statistics measured on the training data (both, or neither)."""
+    flags = [value == "dataset" if isinstance(value, str) else None for value in (image_mean, image_std)]
+    for name, value, flag in zip(("image_mean", "image_std"), (image_mean, image_std), flags, strict=True):
+        if flag is False:
+            raise ValueError(f"{name}: expected a list of numbers, null or 'dataset', got {value!r}")
+    if flags[0] != flags[1]:
+        raise ValueError(f"image_mean and image_std: 'dataset' measures both, so set both to 'dataset' (got "
+                         f"{image_mean!r} and {image_std!r})")
+    return bool(flags[0])
+
+
 class SARCLIPModule(pl.LightningModule):
     """Contrastive image-text training of an open_clip model on SAR data.
 
@@ -63,7 +78,15 @@ class SARCLIPModule(pl.LightningModule):
         image_size: input resolution (linked from the datamodule by the CLI); ``None`` keeps the architecture's.
         in_chans: SAR channels the data delivers (1 single-pol, 2 dual-pol); linked from the datamodule.
         channel_mode: how SAR channels enter the RGB stem (see :mod:`lightning_sarclip.models.sar_stem`).
-        image_mean, image_std: normalisation; ``None`` uses the checkpoint's own statistics.
+        image_mean, image_std: normalisation; ``None`` uses the checkpoint's own statistics; ``"dataset"`` (both)
+            measures them on the training data when training starts (:meth:`SARDataModule.pixel_statistics
+            <lightning_sarclip.training.datamodules.SARDataModule.pixel_statistics>`): the mean and standard deviation
+            of what the model is fed, per channel. Use it for towers trained from scratch: SAR chips are dark (MSTAR's
+            mean is about 0.09 with a standard deviation of 0.07 in [0, 1]), and normalised with RGB-like
+            statistics they reach the patch embedding as a near-constant input, from which a random-init model
+            can take hundreds of steps to escape (measured: docs/training.md). The measured values replace
+            ``"dataset"`` in the hyper-parameters, so the checkpoint, ``evaluate``, ``predict`` and ``export`` use
+            them; a resumed run keeps the values it was trained with.
         allow_shape_mismatch: skip checkpoint tensors whose shape differs instead of failing.
         lr, weight_decay, betas, eps: AdamW (``betas``/``eps`` default to CLIP's ViT values).
         warmup_steps, min_lr_ratio: linear warmup for ``warmup_steps`` optimizer steps, then cosine to
@@ -94,8 +117,8 @@ class SARCLIPModule(pl.LightningModule):
         image_size: int | None = None,
         in_chans: int = 1,
         channel_mode: str = "auto",
-        image_mean: list[float] | None = None,
-        image_std: list[float] | None = None,
+        image_mean: list[float] | str | None = None,
+        image_std: list[float] | str | None = None,
         allow_shape_mismatch: bool = False,
         force_quick_gelu: bool = False,
         cache_dir: str | None = None,
@@ -118,6 +141,9 @@ class SARCLIPModule(pl.LightningModule):
         super().__init__()
         if positives not in POSITIVES:
             raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
+        self._stats_from_data = self._statistics_configured_from_data = _dataset_statistics(image_mean, image_std)
+        if self._stats_from_data:  # measured in setup; until then the tower's own statistics stand in
+            image_mean = image_std = None
         stages = as_stages(unfreeze)
         self.save_hyperparameters(ignore=["unfreeze"])
         # Plain dicts, so the checkpoint stays loadable with torch.load(weights_only=True).
@@ -160,6 +186,8 @@ class SARCLIPModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self._trainer is not None:
             data_parallel_mesh(self.trainer.strategy)  # unsupported strategy settings fail here, before any step
+            if self._stats_from_data:
+                self._measure_statistics()
         # open_clip bakes rank and world size into the loss; only now does the trainer know them.
         self.loss_fn = InfoNCELoss(
             local_loss=self.hparams.local_loss,
@@ -167,6 +195,27 @@ class SARCLIPModule(pl.LightningModule):
             rank=self.global_rank,
             world_size=self.trainer.world_size if self._trainer is not None else 1,
         )
+
+    def _measure_statistics(self) -> None:
+        """``image_mean/image_std: dataset``: measure them on the trainer's datamodule (every rank reads the same
+        deterministic sample, so no collective is needed); a checkpoint loaded afterwards overrides them."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        measure = getattr(datamodule, "pixel_statistics", None)
+        if not callable(measure):
+            raise ValueError(
+                "image_mean/image_std: 'dataset' measures the statistics on the training data, but the trainer has no "
+                f"datamodule with pixel_statistics() (got {type(datamodule).__name__}); give the values as lists"
+            )
+        mean, std = measure()
+        self._use_statistics(mean, std)
+        log.info("image_mean/image_std measured on the training data: mean %s, std %s",
+                 [round(v, 4) for v in mean], [round(v, 4) for v in std])
+
+    def _use_statistics(self, mean: list[float], std: list[float]) -> None:
+        self.hparams["image_mean"], self.hparams["image_std"] = list(mean), list(std)
+        adapter = build_input_adapter(self.model, self.hparams.in_chans, self.hparams.channel_mode, mean, std)
+        self.input_adapter = adapter.to(next(self.model.parameters()).device)
+        self._stats_from_data = False
 
     def configure_model(self) -> None:
         """FSDP2 under ``ModelParallelStrategy``: each transformer block, then the model (:mod:`.sharding`).
@@ -410,3 +459,10 @@ class SARCLIPModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.schedule.load_state_dict(checkpoint.get("unfreeze_schedule", {}))
+        if self._statistics_configured_from_data:
+            # The weights were trained with the statistics measured then: a resume or an evaluation keeps them, even
+            # if the data read today would measure slightly different ones.
+            saved = checkpoint.get("hyper_parameters") or {}
+            mean, std = saved.get("image_mean"), saved.get("image_std")
+            if isinstance(mean, list) and isinstance(std, list):
+                self._use_statistics(mean, std)
