@@ -12,6 +12,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from lightning_sarclip.data.augment import POSITIONAL_STYLES, ChipAugment
@@ -19,6 +21,9 @@ from lightning_sarclip.data.captions import STYLES, Captioner
 from lightning_sarclip.data.listing import SourceListing
 from lightning_sarclip.data.records import SARRecord
 from lightning_sarclip.data.transforms import resize_square
+
+#: Listings up to this many records keep every record's captions once written (about 1 kB a record).
+CAPTION_MEMO_LIMIT = 200_000
 
 __all__ = ["SourceDataset", "fixed_count"]
 
@@ -85,13 +90,16 @@ class SourceDataset(Dataset):
         n_captions: int = 5,
         classnames: Sequence[str] | None = None,
         augment: ChipAugment | None = None,
+        cache_images: bool = False,
     ) -> SourceDataset:
         """A dataset over ``records`` of ``listing`` (e.g. one split of an ``all`` listing, or a subset);
-        ``augment`` applies to every item (the datamodule passes it for training only)."""
+        ``augment`` applies to every item (the datamodule passes it for training only); ``cache_images`` keeps
+        each converted image in memory after its first read (see :meth:`converted`)."""
         dataset = cls.__new__(cls)
         dataset._setup(listing, list(records), split, image_size, in_chans,
                        captioner or listing.captioner(n_captions=n_captions), n_captions, classnames)
         dataset.augment = augment
+        dataset._arrays = {} if cache_images else None
         return dataset
 
     def _setup(self, listing: SourceListing, records: list[SARRecord], split: str, image_size: int, in_chans: int,
@@ -115,6 +123,31 @@ class SourceDataset(Dataset):
         self.captioner = captioner
         self.policy = listing.policy
         self.augment: ChipAugment | None = None
+        self._arrays: dict[int, np.ndarray] | None = None  # converted images, when cached
+        # A record's captions are a pure function of the captioner's seed and the record: written once, kept (a
+        # rewriter may sample, so its output is not kept; a very long listing is not kept whole in memory).
+        self._captions: dict[int, list[tuple[str, str]]] | None = (
+            {} if captioner.rewriter is None and len(records) <= CAPTION_MEMO_LIMIT else None)
+
+    def converted(self, index: int) -> np.ndarray:
+        """Item ``index``'s image converted by the source's policy, ``(in_chans, H, W)`` at its own size; read from
+        disk each time, or once and then from memory with ``cache_images`` (each loader worker keeps its own copy:
+        about ``H * W * in_chans * 4`` bytes an image, 39 MB for MSTAR's 600 chips of 128 x 128)."""
+        if self._arrays is None:
+            return self.listing.load_array(self.records[index], self.in_chans)
+        array = self._arrays.get(index)
+        if array is None:
+            array = self._arrays[index] = self.listing.load_array(self.records[index], self.in_chans)
+        return array
+
+    def styled_captions(self, index: int) -> list[tuple[str, str]]:
+        """Item ``index``'s captions with the style that wrote each (:meth:`Captioner.captions_with_styles`)."""
+        if self._captions is None:
+            return self.captioner.captions_with_styles(self.records[index])
+        styled = self._captions.get(index)
+        if styled is None:
+            styled = self._captions[index] = self.captioner.captions_with_styles(self.records[index])
+        return styled
 
     def __len__(self) -> int:
         return len(self.records)
@@ -126,16 +159,13 @@ class SourceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        if self.augment is None:
-            image = self.listing.load_image(record, self.image_size, self.in_chans)
-            captions = self.captioner.captions(record)
-        else:  # geometry only when no caption of the pair names a position
-            styled = self.captioner.captions_with_styles(record)
-            captions = [text for text, _ in styled]
-            array = self.listing.load_array(record, self.in_chans)
+        styled = self.styled_captions(index)
+        captions = [text for text, _ in styled]
+        array = self.converted(index)
+        if self.augment is not None:  # geometry only when no caption of the pair names a position
             array = self.augment(array, random.Random(random.getrandbits(64)),
                                  geometric=not any(style in POSITIONAL_STYLES for _, style in styled))
-            image = resize_square(array, self.image_size).clamp_(0.0, 1.0)
+        image = resize_square(array, self.image_size).clamp(0.0, 1.0).to(torch.float32)  # never the cached array
         return {
             "image": image,
             "captions": fixed_count(captions, self.n_captions),

@@ -370,6 +370,10 @@ class SourceDataModule(SARDataModule):
         augment: SAR-safe augmentation of training images (:class:`~lightning_sarclip.data.augment.ChipAugment`):
             ``true`` for its defaults (crop 80-100%, flips, 90-degree rotations; geometry skipped for pairs whose
             captions name positions), a mapping of its fields (``{db_jitter: 2, rot90: false}``), or ``false``.
+        cache_images: keep each converted image in memory after its first read, in every split (each loader worker
+            holds its own copy): for a source of a few thousand chips that is read again every epoch, where
+            decoding costs as much as a training step on a CPU (MSTAR's 600 chips: 39 MB). Augmentation still
+            runs on every read. Captions are kept once written, always (they are fixed per image and seed).
         Other arguments: see :class:`SARDataModule` (passed on as ``**kwargs``).
     """
 
@@ -390,6 +394,7 @@ class SourceDataModule(SARDataModule):
         split_seed: int = 0,
         split_group_by: str | None = None,
         augment: bool | dict[str, Any] = False,
+        cache_images: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -409,6 +414,7 @@ class SourceDataModule(SARDataModule):
             raise ValueError(f"split_group_by: expected null or a metadata key, got {split_group_by!r}")
         self.split_seed = split_seed
         self.split_group_by = split_group_by
+        self.cache_images = bool(cache_images)
         if isinstance(augment, dict):
             try:
                 self.augment: ChipAugment | None = ChipAugment(**{k: tuple(v) if k == "crop_scale" else v
@@ -504,7 +510,8 @@ class SourceDataModule(SARDataModule):
         return SourceDataset.from_listing(self.listing, records, split, image_size=self.image_size,
                                           in_chans=self.in_chans, captioner=captioner,
                                           n_captions=self.dataset_kwargs["n_captions"], classnames=self._classnames,
-                                          augment=self.augment if split == "train" else None)
+                                          augment=self.augment if split == "train" else None,
+                                          cache_images=self.cache_images)
 
     # ------------------------------------------------------------------ made split in the run directory
     def setup(self, stage: str | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import random
 import re
 import shutil
 
@@ -138,3 +139,31 @@ def test_cli_fast_dev_run_on_a_class_folder(tmp_path, capsys, caplog):
     assert re.search(r"^metric +val$", printed, re.M)  # one column per logged prefix
     assert {"loss", "i2t_R@1", "zeroshot_top1"} <= rows
     assert "class_folder (all): skipped" in caplog.text  # the source was listed, not the synthetic data
+
+
+def test_cached_images_and_captions_give_the_same_items_and_are_never_handed_out(monkeypatch):
+    """``cache_images`` reads each chip once; items equal the uncached ones (with and without augmentation), and an
+    item's tensor never shares memory with the cache."""
+    from lightning_sarclip.training import SourceDataModule
+
+    root = str(REPO_ROOT / "tests" / "data" / "mstar" / "jpeg_folders")
+    common = {"source": "mstar", "root": root, "image_size": 16, "n_captions": 2, "augment": {"crop_scale": [0.5, 1]}}
+    plain, cached = SourceDataModule(**common), SourceDataModule(**common, cache_images=True)
+    plain.setup("fit")
+    cached.setup("fit")
+    reads = []
+    listing = cached.datasets["train"].listing
+    original = listing.load_array
+    monkeypatch.setattr(listing, "load_array", lambda record, in_chans: reads.append(record) or original(record,
+                                                                                                          in_chans))
+    for split in ("train", "val"):
+        a, b = plain.datasets[split], cached.datasets[split]
+        for epoch in range(2):
+            for index in range(len(a)):
+                random.seed(epoch * 100 + index)
+                first = a[index]
+                random.seed(epoch * 100 + index)
+                second = b[index]
+                assert torch.equal(first["image"], second["image"]) and first["captions"] == second["captions"]
+                second["image"].add_(1.0)  # a consumer writing into its batch must not reach the cache
+    assert len(reads) == len(cached.datasets["train"]) + len(cached.datasets["val"])  # once each, over two epochs
