@@ -11,8 +11,9 @@ backward, counted by ``torch.utils.flop_counter`` on the real step) times steps/
 Staged unfreezing: one ``fit`` per round with a two-stage schedule, the projections and ``logit_scale`` only for
 ``--stage-steps`` steps, then everything; per stage the median step time (the first steps of each stage are not
 counted) and the peak memory: ``torch.cuda.max_memory_allocated`` (reset at the stage's start) on a GPU; on a CPU,
-where the process's peak resident set size (``ru_maxrss``) only grows, how far ``--stage-steps`` steps of the stage
-raise it above its value after the model and batches are built, each stage in a fresh process; and on both the
+where a process's peak resident set size (``VmHWM``, or ``ru_maxrss`` off Linux) only grows, how far
+``--stage-steps`` steps of the stage raise it above its value after the model and batches are built, each stage
+in a fresh process; and on both the
 activations autograd saves for the backward of one step (``saved_tensors_hooks``, exact). The last line is ``frozen-stage speedup = X.XX``:
 all-trainable step time over projections-only step time (target >= 2 on the tiny default model on a CPU).
 
@@ -205,8 +206,21 @@ class StageTimer(pl.Callback):
     def _peak() -> int:
         if torch.cuda.is_available():
             return torch.cuda.max_memory_allocated()
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        return peak_rss()
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes: Linux's ``VmHWM`` (its own, unlike ``ru_maxrss``, which
+    ``execve`` carries over from the parent), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def staged_module(template: SARCLIPModule, model: str, stage_steps: int) -> SARCLIPModule:
@@ -269,8 +283,9 @@ def report_staged(template: SARCLIPModule, batches: list[dict], args: argparse.N
     frozen, full = statistics.median(frozen_times), statistics.median(all_times)
     if torch.cuda.is_available():
         memory = "max_memory_allocated"
-    else:  # ru_maxrss never goes down in a process: each stage in a fresh one
-        memory = "peak RSS growth in training (fresh process, ru_maxrss)"
+    else:  # a peak resident set size never goes down in a process: each stage in a fresh one
+        source = "VmHWM" if os.path.exists("/proc/self/status") else "ru_maxrss"
+        memory = f"peak RSS growth in training (fresh process, {source})"
         frozen_peaks, all_peaks = ([rss_growth(args, stage)] for stage in ("frozen", "all"))
     batch_size = batches[0]["image"].shape[0]
     saved = {f: saved_activation_bytes(template, batches[0], f) for f in (True, False)}
@@ -290,7 +305,7 @@ def rss_growth(args: argparse.Namespace, stage: str) -> int:
 
 
 def rss_probe(args: argparse.Namespace) -> None:
-    """The child of :func:`rss_growth`: prints the growth of ``ru_maxrss`` (bytes) over the training steps."""
+    """The child of :func:`rss_growth`: prints the growth of the peak RSS (bytes) over the training steps."""
     stages = [{"train": FROZEN_STAGE, "start_step": 0}] if args.rss_probe == "frozen" else None
     module = SARCLIPModule(model_name=args.model, in_chans=1, lr=1e-4, warmup_steps=1, unfreeze=stages)
     batches = make_batches(args.stage_steps, args.batch_size, int(module.model.visual.image_size[0]),
@@ -298,9 +313,9 @@ def rss_probe(args: argparse.Namespace) -> None:
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=args.stage_steps, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=0)
-    before = StageTimer._peak()
+    before = peak_rss()
     trainer.fit(module, train_dataloaders=DataLoader(Batches(batches), batch_size=None, shuffle=False))
-    print(StageTimer._peak() - before)
+    print(peak_rss() - before)
 
 
 def main() -> None:

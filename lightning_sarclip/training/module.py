@@ -259,7 +259,8 @@ class SARCLIPModule(pl.LightningModule):
         # sync on a GPU), whereas logged tensors are read only at log steps; check_step_flags shows the loss on
         # the progress bar when it reads the flags anyway.
         self.log("train/loss", loss, batch_size=batch_size)
-        self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
+        if self._is_log_step():  # each self.log costs Lightning ~1 ms of Python; the logger reads it only here
+            self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
         return loss
 
     def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
@@ -317,7 +318,8 @@ class SARCLIPModule(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         size = batch["image"].shape[0]
         self.log("train/loss", full_loss, batch_size=size)  # not prog_bar: see training_step
-        self.log("train/logit_scale", cache[0][2], batch_size=size)
+        if self._is_log_step():
+            self.log("train/logit_scale", cache[0][2], batch_size=size)
         return full_loss
 
     @contextmanager
@@ -520,10 +522,16 @@ class SARCLIPModule(pl.LightningModule):
         base = self.hparams.lr * self.lr_multiplier(step)
         for group, multiplier in self._stage.lr_multipliers:
             group["lr"] = base * multiplier
-        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
+        if self._is_log_step():
             self.log("train/lr", base, batch_size=1)
             if index is not None:
                 self.log("train/unfreeze_stage", float(index), batch_size=1)
+
+    def _is_log_step(self) -> bool:
+        """Whether the logger writes this step's metrics (Lightning's ``should_update_logs`` during a step):
+        metrics only loggers read are logged then, fresh, and not at the other steps."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def _enter_stage(self, optimizer: torch.optim.Optimizer, index: int | None, epoch: int, step: int) -> _Stage:
         """Make the stage in force the one that trains: ``requires_grad``, optimizer state, DDP reducer.

@@ -332,3 +332,23 @@ def test_label_positives_train_through_feature_cache_accumulation_as_one_batch(t
     assert gap(results[0], results[1]) < 1e-4 < 1e-3 < gap(results[0], results[2])
     with pytest.raises(ValueError, match="positives must be one of"):
         SARCLIPModule(model_name=TEST_ARCH, positives="class")
+
+
+def test_scalars_only_loggers_read_are_logged_fresh_at_log_steps(tmp_path):
+    """``train/lr``/``train/logit_scale`` are logged only at the steps the logger writes (each ``self.log`` costs
+    Lightning Python time every step), with that step's value."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1)
+    logger = CSVLogger(tmp_path)
+    _trainer(tmp_path, max_steps=4, limit_train_batches=4, logger=logger, log_every_n_steps=2).fit(
+        module, RandomPairsDataModule())
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 3]
+    for row in rows:
+        expected = 1e-3 * cosine_with_warmup(int(row["step"]), 4, 1)
+        assert float(row["train/lr"]) == pytest.approx(expected)
+        assert float(row["train/logit_scale"]) > 0 and float(row["train/loss"]) > 0
