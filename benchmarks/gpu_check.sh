@@ -2,9 +2,12 @@
 # GPU check of issue #5 on one H100/H200 (must finish in under 8 minutes, start-up included):
 #   1. images/s and model FLOPs utilisation (MFU) of our `fit` loop against a bare open_clip-style loop,
 #      ViT-B-16 at 224 px, bf16 autocast, batch 256, same batches, alternating rounds (targets: ratio >= 1.0,
-#      MFU >= 45 %);
+#      MFU >= 45 %); then the staged schedule's frozen-stage speedup and peak memory per stage;
 #   2. peak GPU memory of the training step with and without gradient checkpointing;
-#   3. a short sharded run (FSDP2 via Lightning's ModelParallelStrategy, 1 GPU) against the same run under DDP
+#   3. no host-device synchronisation in the training step between two reads of the step flags:
+#      benchmarks/sync_check.py under torch.cuda.set_sync_debug_mode("error"): all towers trainable in fp32, and
+#      the trunk frozen (staged unfreezing) in bf16;
+#   4. a short sharded run (FSDP2 via Lightning's ModelParallelStrategy, 1 GPU) against the same run under DDP
 #      (1 GPU, so both see the same distributed sampler order): time and the largest weight difference after the
 #      same steps (0 on CPU in fp32; bf16 here).
 # Figures are printed and written to $OUT (default runs/gpu_check). On a machine without PyPI, first run
@@ -27,14 +30,24 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 SECONDS=0
 
 echo "== 1. throughput and MFU: ViT-B-16 @ 224, bf16, batch 256 (fit vs bare loop)"
-timeout 210 "$PY" benchmarks/train_step.py --accelerator gpu --precision bf16-mixed --model ViT-B-16 \
-    --batch-size 256 --steps 20 --warmup 5 --rounds 3 2>&1 | grep -v -i warn | tee "$OUT/throughput.txt"
+timeout 270 "$PY" benchmarks/train_step.py --accelerator gpu --precision bf16-mixed --model ViT-B-16 \
+    --batch-size 256 --steps 20 --warmup 5 --rounds 3 --stage-steps 8 --staged-rounds 2 2>&1 | grep -v -i warn | tee "$OUT/throughput.txt"
 
 echo "== 2. peak memory with and without gradient checkpointing (${SECONDS}s so far)"
 timeout 120 "$PY" benchmarks/gpu_memory.py --model ViT-B-16 --batch-size 256 --steps 3 2>&1 \
     | grep -E "grad_checkpointing|ratio" | tee "$OUT/memory.txt"
 
-echo "== 3. short FSDP2 run vs DDP (${SECONDS}s so far)"
+echo "== 3. no host-device sync in a training step (${SECONDS}s so far)"
+for setting in "32-true" "bf16-mixed --unfreeze"; do
+    read -r precision unfreeze <<< "$setting"
+    if ! timeout 90 "$PY" benchmarks/sync_check.py --accelerator gpu --precision "$precision" --model ViT-B-16 \
+            --batch-size 64 --every 12 ${unfreeze:+"$unfreeze"} 2>&1 | tail -n 25 | tee -a "$OUT/sync.txt"; then
+        echo "sync check failed ($setting): a training step waited on the GPU (traceback above)" | tee -a "$OUT/sync.txt"
+        exit 1
+    fi
+done
+
+echo "== 4. short FSDP2 run vs DDP (${SECONDS}s so far)"
 common=(--config experiments/quickstart.yaml --run_root "$OUT/runs" --trainer.accelerator gpu --trainer.devices 1
         --trainer.precision bf16-mixed --trainer.max_steps 40 --trainer.limit_val_batches 2
         --trainer.enable_progress_bar false --trainer.deterministic false

@@ -15,18 +15,33 @@ pytestmark = pytest.mark.slow
 
 def _run(*args: str) -> str:
     result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "",
+                                 "PYTHONPATH": str(REPO_ROOT)})  # this checkout's package, not an installed one
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
 def test_train_step_benchmark_prints_the_ratio_and_flops():
     out = _run("benchmarks/train_step.py", "--model", TEST_ARCH, "--batch-size", "8", "--steps", "2", "--warmup", "1",
-               "--rounds", "1", "--peak-tflops", "1")
+               "--rounds", "1", "--peak-tflops", "1", "--stage-steps", "3", "--staged-rounds", "1")
     assert "ratio ours/bare = " in out
     assert "MFU ours:" in out
     gflops = float(out.split("model FLOPs per sample (fwd+bwd): ")[1].split()[0])
     assert gflops > 0  # the flop counter saw the matmuls of both towers
+    # The staged schedule: both stages measured, and the frozen one saves the trunk's activations.
+    stages = {line.split(":")[0]: line for line in out.splitlines() if line.startswith("stage ")}
+    assert set(stages) == {"stage projections+logit_scale", "stage all trainable"}
+    saved = {k: float(v.split("saved activations ")[1].split()[0]) for k, v in stages.items()}
+    assert saved["stage projections+logit_scale"] < saved["stage all trainable"]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("frozen-stage speedup = ") and float(last.split("= ")[1]) > 0
+
+
+def test_sync_check_finds_no_host_read_between_flag_reads():
+    """The CPU half of the GPU check: no tensor is read on the host in the steps between two flag reads."""
+    for extra in ([], ["--unfreeze"]):
+        out = _run("benchmarks/sync_check.py", "--model", TEST_ARCH, "--batch-size", "4", "--every", "8", *extra)
+        assert "5 steps watched, host reads 0 (none)" in out.splitlines()[-1], out
 
 
 def test_gpu_memory_benchmark_runs_both_settings_on_cpu():
@@ -39,7 +54,8 @@ def test_gpu_check_script_is_valid_shell():
     script = REPO_ROOT / "benchmarks" / "gpu_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    for needed in ("benchmarks/train_step.py", "benchmarks/gpu_memory.py", "ModelParallelStrategy", "bf16-mixed"):
+    for needed in ("benchmarks/train_step.py", "benchmarks/gpu_memory.py", "ModelParallelStrategy", "bf16-mixed",
+                   "benchmarks/sync_check.py"):
         assert needed in text
 
 

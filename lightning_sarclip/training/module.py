@@ -19,6 +19,7 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -27,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_sarclip.losses import InfoNCELoss, caption_groups, label_groups
 from lightning_sarclip.models.factory import build_input_adapter, create_model
-from lightning_sarclip.training.sharding import all_reduce_grads, data_parallel_mesh, shard_model
+from lightning_sarclip.training.sharding import all_reduce_grads, data_parallel_mesh, reshard_all, shard_model
 from lightning_sarclip.training.unfreeze import UnfreezeSchedule, UnfreezeStage, as_stages, cosine_with_warmup
 
 log = logging.getLogger("lightning_sarclip")
@@ -37,13 +38,42 @@ LOGIT_SCALE_MAX = math.log(100.0)
 POSITIVES = ("pair", "label", "caption")
 
 
+@dataclass
+class _Stage:
+    """What is resolved once per unfreeze stage, so that a step only sets learning rates."""
+
+    index: int | None
+    optimizer: torch.optim.Optimizer
+    lr_multipliers: list[tuple[dict, float]]  # (optimizer param group, stage x layer-decay multiplier)
+    trained: list[torch.nn.Parameter]
+
+
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the step."""
+    """The training loss (or a gradient) became NaN or infinite; the message names the step."""
+
+
+class _FiniteGuard:
+    """0-d tensors on the training device: whether a non-finite step happened (sticky, 1.0 from the first one on:
+    fused AdamW's ``found_inf``), how many steps have been skipped since, and the loss of the first one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.skip = torch.zeros((), device=device)
+        self.skipped = torch.zeros((), device=device)
+        self.first_loss = torch.zeros((), device=device)
+        self.last_loss = torch.zeros((), device=device)
+        self.one = torch.ones((), device=device)
 
 
 def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     """open_clip's rule: 1-D tensors (biases, norms, logit_scale) and embeddings are not decayed."""
     return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name or "logit_scale" in name or "embedding" in name
+
+
+def fused_adamw_devices() -> list[str]:
+    """Device types with a fused AdamW kernel."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return _get_fused_kernels_supported_devices()
 
 
 def compile_towers(model: torch.nn.Module) -> None:
@@ -108,6 +138,12 @@ class SARCLIPModule(pl.LightningModule):
         grad_clip_norm: gradient-norm clipping applied by the module with ``accum_freq > 1``.
         compile: ``torch.compile`` both towers in place (``nn.Module.compile``, so parameter names, checkpoints
             and exports are unchanged); opt-in, it pays off on long GPU runs only.
+        host_sync_every_n_steps: how often (in optimizer steps) the host reads the training step's device-side
+            flags: a non-finite loss or gradient (whose update is kept out of the weights on the device, every
+            step) and, with :class:`~lightning_sarclip.training.preemption.PreemptionCheckpoint`, the preemption
+            signal, both in one collective across ranks. ``None``: every step on a CPU (a read costs nothing
+            there), every ``trainer.log_every_n_steps`` steps on an accelerator (where logging reads its metrics
+            anyway). Checkpoints and the end of training always read them first.
     """
 
     def __init__(
@@ -137,6 +173,7 @@ class SARCLIPModule(pl.LightningModule):
         accum_freq: int = 1,
         grad_clip_norm: float | None = None,
         compile: bool = False,
+        host_sync_every_n_steps: int | None = None,
     ) -> None:
         super().__init__()
         if positives not in POSITIVES:
@@ -175,12 +212,20 @@ class SARCLIPModule(pl.LightningModule):
         self.loss_fn = InfoNCELoss(local_loss=local_loss, gather_with_grad=gather_with_grad)
         if accum_freq < 1:
             raise ValueError(f"accum_freq must be >= 1, got {accum_freq}")
+        if host_sync_every_n_steps is not None and host_sync_every_n_steps < 1:
+            raise ValueError(f"host_sync_every_n_steps must be >= 1 (or null for the default), got "
+                             f"{host_sync_every_n_steps}")
         if grad_clip_norm is not None and accum_freq == 1:
             raise ValueError("grad_clip_norm is for accum_freq > 1; with accum_freq 1 use trainer.gradient_clip_val")
         # Feature-cache accumulation needs several backward passes per optimizer step: manual optimisation.
         self.automatic_optimization = accum_freq == 1
         # Set by configure_model under FSDP2: the parameters left unsharded, whose gradients are averaged here.
         self._replicated_params: list[torch.nn.Parameter] | None = None
+        # The unfreeze stage in force during fit (see on_train_batch_start); None outside fit.
+        self._stage: _Stage | None = None
+        # Device-side record of non-finite steps during fit (see _guard_update); None until the first step.
+        self._finite_guard: _FiniteGuard | None = None
+        self._flags_read_at = -1  # global step at which the host last read the flags
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
@@ -257,11 +302,14 @@ class SARCLIPModule(pl.LightningModule):
         if not self.automatic_optimization:
             return self._accumulated_step(batch, batch_idx)
         image_features, text_features, logit_scale = self(batch["image"], batch["text"])
-        loss = self._loss(image_features, text_features, logit_scale, self._groups(batch))
-        self._check_finite(loss, batch_idx)
+        loss = self._guard_loss(self._loss(image_features, text_features, logit_scale, self._groups(batch)))
         batch_size = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
+        # Not prog_bar: Lightning turns progress-bar metrics into Python numbers after every batch (a host-device
+        # sync on a GPU), whereas logged tensors are read only at log steps; check_step_flags shows the loss on
+        # the progress bar when it reads the flags anyway.
+        self.log("train/loss", loss, batch_size=batch_size)
+        if self._is_log_step():  # each self.log costs Lightning ~1 ms of Python; the logger reads it only here
+            self.log("train/logit_scale", logit_scale.detach(), batch_size=batch_size)
         return loss
 
     def _loss(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
@@ -300,27 +348,27 @@ class SARCLIPModule(pl.LightningModule):
             cache = [self(c["image"], c["text"]) for c in chunks]
             full_loss = self._loss(torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), cache[0][2],
                                    groups)
-        self._check_finite(full_loss, batch_idx)
+        poison = self._nonfinite_factor(full_loss)  # a non-finite batch loss makes every chunk's gradients NaN
         optimizer = self.optimizers()
         last = len(chunks) - 1
         for j, chunk in enumerate(chunks):
             image_j, text_j, scale = self(chunk["image"], chunk["text"])
             images = torch.cat([image_j if i == j else c[0] for i, c in enumerate(cache)])
             texts = torch.cat([text_j if i == j else c[1] for i, c in enumerate(cache)])
-            loss = self._loss(images, texts, scale if j == last else scale.detach(), groups)
+            loss = self._loss(images, texts, scale if j == last else scale.detach(), groups) * poison
             with self._ddp_gradient_sync(j == last):
                 self.manual_backward(loss)
         if self._replicated_params:
             all_reduce_grads(self._replicated_params)
-        for param in getattr(self, "_frozen_params", ()):
-            param.grad = None
+        self._guard_update(optimizer.optimizer)
         if self.hparams.grad_clip_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         size = batch["image"].shape[0]
-        self.log("train/loss", full_loss, prog_bar=True, batch_size=size)
-        self.log("train/logit_scale", cache[0][2], batch_size=size)
+        self.log("train/loss", full_loss, batch_size=size)  # not prog_bar: see training_step
+        if self._is_log_step():
+            self.log("train/logit_scale", cache[0][2], batch_size=size)
         return full_loss
 
     @contextmanager
@@ -343,22 +391,108 @@ class SARCLIPModule(pl.LightningModule):
         finally:
             ddp.require_backward_grad_sync = False
 
-    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """Stop on a NaN/inf loss before it reaches the weights; every rank stops together.
+    # ------------------------------------------------------------------ non-finite steps, without host syncs
+    def _nonfinite_factor(self, loss: torch.Tensor) -> torch.Tensor:
+        """1 for a finite loss, NaN otherwise, on the device; the loss is kept for the error message.
 
-        The error is raised before ``backward`` and the optimizer step, so the weights (and any checkpoint
-        written so far, e.g. ``last.ckpt``) are the last good ones.
+        Multiplying the loss by it is exact for a finite loss and makes every gradient of a non-finite one NaN, so
+        that the gradient check of :meth:`_guard_update` sees it on every rank (DDP averages the NaN into all
+        ranks' gradients) without reading anything on the host.
         """
-        finite = bool(torch.isfinite(loss.detach()).all())
+        guard = self._finite_guard
+        if guard is None or guard.skip.device != loss.device:
+            guard = self._finite_guard = _FiniteGuard(loss.device)
+        guard.last_loss = loss.detach()
+        return torch.where(torch.isfinite(guard.last_loss), guard.one, torch.full_like(guard.one, math.nan))
+
+    def _guard_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self._nonfinite_factor(loss)
+
+    def _guard_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Keep a non-finite update out of the weights without a host-device sync (as ``GradScaler`` does).
+
+        After the backward (and the gradient reduction across ranks), one fused kernel checks every gradient for
+        NaN/inf. From the first non-finite step on, the skip flag stays set and is fused AdamW's ``found_inf``:
+        the optimizer then leaves weights, moments and step counts as they are, on the device. The host reads
+        the flag only every ``host_sync_every_n_steps`` and at every checkpoint (:meth:`check_step_flags`) and
+        stops the run there, so neither the weights nor any checkpoint ever holds a non-finite update.
+
+        Where the optimizer cannot take ``found_inf`` (not fused) or a ``GradScaler`` owns it (``16-mixed``), the
+        flag is read here, every step, and the run stops before the optimizer step.
+        """
+        guard = self._finite_guard
+        if guard is None:  # no loss went through _nonfinite_factor (a custom training_step)
+            return
+        grads: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        trained = self._stage.trained if self._stage is not None else [
+            p for group in optimizer.param_groups for p in group["params"]]
+        for param in trained:
+            grad = param.grad
+            if grad is not None:
+                grad = grad.to_local() if hasattr(grad, "to_local") else grad  # FSDP2: this rank's shard
+                grads.setdefault((grad.device, grad.dtype), []).append(grad)
+        found = torch.zeros((), device=guard.skip.device)
+        for (device, _), tensors in grads.items():
+            flag = found if device == found.device else torch.zeros((), device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, guard.one.to(device))  # x 1: exact
+            if flag is not found:
+                found = torch.maximum(found, flag.to(found.device))
+        guard.first_loss = torch.where(guard.skip > 0, guard.first_loss, guard.last_loss.float())
+        torch.maximum(guard.skip, found, out=guard.skip)
+        guard.skipped.add_(guard.skip)
+        if self._device_skip(optimizer):
+            optimizer.found_inf = guard.skip
+        else:
+            self.check_step_flags(steps_done=self.global_step + 1)  # raises before this step's update
+
+    def _device_skip(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether the optimizer skips a flagged step on the device (fused, and no GradScaler replacing the flag)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and scaler is None
+
+    @property
+    def host_sync_interval(self) -> int:
+        """Steps between two host reads of the step flags (``host_sync_every_n_steps`` resolved for this trainer)."""
+        every = self.hparams.get("host_sync_every_n_steps")
+        if every is not None:
+            return int(every)
+        if self._trainer is None or self.trainer.strategy.root_device.type == "cpu":
+            return 1
+        return max(1, int(self.trainer.log_every_n_steps))
+
+    def check_step_flags(self, preempted: bool = False, steps_done: int | None = None) -> bool:
+        """Read the device flags on the host, in one collective with ``preempted`` (this rank's preemption note).
+
+        Raises :class:`NonFiniteLossError` when any rank had a non-finite step, naming the first one; otherwise
+        returns whether any rank was preempted. ``steps_done``: optimizer steps taken, the flagged ones included
+        (default ``global_step``, right after a step). Every rank must call it at the same step.
+        """
+        guard = self._finite_guard
+        device = guard.skip.device if guard is not None else self.device
+        skipped = guard.skipped if guard is not None else torch.zeros((), device=device)
+        flags = torch.stack([skipped.float(), torch.tensor(float(preempted), device=device)])
         if self._trainer is not None:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
+            flags = self.trainer.strategy.reduce(flags, reduce_op="max")
+            self._flags_read_at = self.global_step
+        skipped_steps, any_preempted = (int(v) for v in flags.tolist())
+        if self._trainer is not None and guard is not None:  # the device is synchronised now: a free read
+            self.trainer.progress_bar_metrics["train/loss"] = float(guard.last_loss)
+        if skipped_steps:
+            steps_done = self.global_step if steps_done is None else steps_done
+            first = steps_done - skipped_steps
+            local = float(guard.first_loss) if guard is not None and guard.skipped.item() > 0 else float("nan")
             raise NonFiniteLossError(
-                f"non-finite training loss ({float(loss.detach()):.4g} on rank {self.global_rank}) at global step "
-                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); training stopped before the "
-                "update, checkpoints written so far are intact. Lower the learning rate, check the data, or "
-                "resume from the last checkpoint."
+                f"non-finite training loss or gradient (loss {local:.4g} on rank {self.global_rank}) at global step "
+                f"{first} (seen at step {steps_done - 1}, epoch {self.current_epoch}; "
+                f"host_sync_every_n_steps={self.host_sync_interval}); training stopped, and no update was applied "
+                "from that step on: the weights and every checkpoint written are those of the last finite step. "
+                "Lower the learning rate, check the data, or resume from the last checkpoint."
             )
+        return bool(any_preempted)
+
+    def _read_flags_if_unread(self) -> None:
+        if self._finite_guard is not None and self._flags_read_at != self.global_step:
+            self.check_step_flags()
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> dict[str, torch.Tensor]:
         image, text = batch["image"], batch["text"]
@@ -404,57 +538,150 @@ class SARCLIPModule(pl.LightningModule):
             }
             for (group, no_decay), params in groups.items()
         ]
-        return torch.optim.AdamW(param_groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps)
+        # Fused where the device has the kernel: besides being the fastest AdamW, it takes ``found_inf``, which
+        # keeps a non-finite step out of the weights without a host-device sync (_guard_update).
+        params = [p for group in param_groups for p in group["params"]]
+        fused = all(p.is_floating_point() and p.device.type in fused_adamw_devices() for p in params) or None
+        return torch.optim.AdamW(param_groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps,
+                                 fused=fused)
 
     def lr_multiplier(self, step: int) -> float:
         total = max(1, int(self.trainer.estimated_stepping_batches))
         return cosine_with_warmup(step, total, self.hparams.warmup_steps, self.hparams.min_lr_ratio)
 
+    def on_train_start(self) -> None:
+        # A new fit (new trainer, optimizer, DDP wrapper): the stage is entered afresh at its first batch, and
+        # the non-finite record starts clean.
+        self._stage = None
+        self._finite_guard = None
+        self._flags_read_at = -1
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Set every group's LR for this step, and reset optimizer state of groups that just unfroze.
+        """Set every group's LR for this step; at a stage boundary (only there) switch what trains.
 
         The LR is a pure function of (global_step, epoch), so it is right after a resume without any saved
-        scheduler state.
+        scheduler state. What changes only between stages (which groups train, their multipliers, the frozen
+        parameters) is resolved once per stage by :meth:`_enter_stage`, not every step.
         """
         optimizer = self.optimizers(use_pl_optimizer=False)
         epoch, step = self.current_epoch, self.global_step
-        multipliers = self.schedule.multipliers(epoch, step)
-        active = frozenset(g for g, m in multipliers.items() if m > 0)
-        newly_active = active - self.schedule.last_active if self.schedule.last_active is not None else frozenset()
+        index = self.schedule.stage_index(epoch, step)
+        if self._stage is None or self._stage.index != index or self._stage.optimizer is not optimizer:
+            self._stage = self._enter_stage(optimizer, index, epoch, step)
         base = self.hparams.lr * self.lr_multiplier(step)
-        for group in optimizer.param_groups:
-            name = group["unfreeze_group"]
-            group["lr"] = base * multipliers[name]
-            if name in newly_active:
-                for param in group["params"]:
-                    optimizer.state.pop(param, None)
-        self.schedule.last_active = active
-        self._frozen_params = [p for g in optimizer.param_groups if multipliers[g["unfreeze_group"]] == 0 for p in g["params"]]
-        for param in self._frozen_params:
-            # An (empty) optimizer state entry for every parameter, filled by AdamW at its first update: FSDP2
-            # checkpoints load optimizer state strictly and refuse a trainable parameter without one.
-            optimizer.state.setdefault(param, {})
-        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
+        for group, multiplier in self._stage.lr_multipliers:
+            group["lr"] = base * multiplier
+        if self._is_log_step():
             self.log("train/lr", base, batch_size=1)
-            index = self.schedule.stage_index(epoch, step)
             if index is not None:
                 self.log("train/unfreeze_stage", float(index), batch_size=1)
 
+    def _is_log_step(self) -> bool:
+        """Whether the logger writes this step's metrics (Lightning's ``should_update_logs`` during a step):
+        metrics only loggers read are logged then, fresh, and not at the other steps."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    def _enter_stage(self, optimizer: torch.optim.Optimizer, index: int | None, epoch: int, step: int) -> _Stage:
+        """Make the stage in force the one that trains: ``requires_grad``, optimizer state, DDP reducer.
+
+        A group frozen for the stage gets ``requires_grad=False``: autograd then neither computes its gradients
+        nor, where everything below it is frozen too (a frozen trunk under trainable projections), keeps its
+        activations. AdamW skips a parameter whose ``grad`` is ``None`` entirely, so a frozen parameter is neither
+        moved nor decayed and its moments stay as they are. A group that unfreezes has its AdamW state cleared
+        (moments from an earlier training period would push it with stale statistics); ``schedule.last_active``
+        (saved in checkpoints) makes that happen after a resume too.
+        """
+        multipliers = self.schedule.multipliers(epoch, step)
+        active = frozenset(g for g, m in multipliers.items() if m > 0)
+        newly_active = active - self.schedule.last_active if self.schedule.last_active is not None else frozenset()
+        trained: list[torch.nn.Parameter] = []
+        for group in optimizer.param_groups:
+            name = group["unfreeze_group"]
+            for param in group["params"]:
+                if name in newly_active:
+                    optimizer.state.pop(param, None)
+                if name in active:
+                    param.requires_grad_(True)
+                    trained.append(param)
+                else:
+                    param.requires_grad_(False)
+                    param.grad = None  # a gradient left from the stage before must not reach the optimizer
+                    # An (empty) optimizer state entry, filled by AdamW at the first update after unfreezing:
+                    # FSDP2 checkpoints load optimizer state strictly and refuse a parameter without one.
+                    optimizer.state.setdefault(param, {})
+        self.schedule.last_active = active
+        if self._replicated_params is not None:
+            reshard_all(self.model)
+        self._follow_stage_in_ddp()
+        lr_multipliers = [(group, multipliers[group["unfreeze_group"]]) for group in optimizer.param_groups]
+        return _Stage(index=index, optimizer=optimizer, lr_multipliers=lr_multipliers, trained=trained)
+
+    def _follow_stage_in_ddp(self) -> None:
+        """Under DDP, rebuild the wrapper when the set of trainable parameters changed.
+
+        DDP's reducer is built for the parameters that require a gradient when the wrapper is created and expects
+        exactly those to receive one in every backward: a parameter frozen since would fail the next step
+        ("expected to have finished reduction"), and one unfrozen since would never be averaged (the ranks would
+        drift apart). ``find_unused_parameters=True`` would cope with the first only, at the price of a graph
+        traversal and a full-size all-reduce of zeros for the frozen trunk every step. Re-wrapping at a stage
+        boundary costs one broadcast of the weights (identical on every rank) and leaves a reducer that
+        communicates only what trains. Every rank enters a stage at the same global step, so the collectives of
+        the new wrapper line up.
+        """
+        strategy = self.trainer.strategy
+        ddp = strategy.model
+        if not isinstance(ddp, DistributedDataParallel):
+            return
+        trainable = [p for p in ddp.module.parameters() if p.requires_grad]
+        built_for = getattr(ddp, "_sarclip_trainable", None)
+        if built_for is None:  # wrapped by Lightning before the first stage, when every parameter trained (_thaw)
+            built_for = ddp._module_parameters
+        if len(built_for) == len(trainable) and all(a is b for a, b in zip(built_for, trainable, strict=True)):
+            return
+        ddp._remove_autograd_hooks()  # the old reducer must not see the next backward
+        # Lightning's own wrapping (same DDP kwargs, device ids and communication hooks as the first one).
+        strategy.model = strategy._setup_model(ddp.module)
+        strategy._register_ddp_hooks()
+        strategy.model._sarclip_trainable = trainable
+        if hasattr(strategy, "_pl_static_graph_delay_done"):
+            strategy._pl_static_graph_delay_done = False
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Runs before gradient clipping: frozen groups neither move nor count towards the clipping norm, and
-        # under FSDP2 the unsharded parameters' gradients are averaged like the sharded ones.
+        # Runs before gradient clipping: under FSDP2 the unsharded parameters' gradients are averaged like the
+        # sharded ones. Frozen parameters have no gradient (requires_grad=False), so they neither move nor count
+        # towards the clipping norm.
         if self._replicated_params and self.automatic_optimization:
             all_reduce_grads(self._replicated_params)
-        for param in getattr(self, "_frozen_params", ()):
-            param.grad = None
+        if self.automatic_optimization:
+            self._guard_update(optimizer)
+
+    def on_train_end(self) -> None:
+        self._read_flags_if_unread()  # a non-finite step since the last read still fails the run
+        self._thaw()
+
+    def teardown(self, stage: str) -> None:
+        self._thaw()  # also after a fit that raised (on_train_end does not run then)
+
+    def _thaw(self) -> None:
+        """Outside ``fit`` every parameter requires a gradient again, as the module was built."""
+        if getattr(self, "_stage", None) is not None:
+            for param in self.parameters():
+                param.requires_grad_(True)
+            self._stage = None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # CLIP's temperature clamp, after the optimizer step: logit_scale.exp() stays in [1, 100].
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        if self.global_step % self.host_sync_interval == 0:
+            self._read_flags_if_unread()
 
     # ------------------------------------------------------------------ checkpoint state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # No checkpoint after a non-finite step: the flags are read (on every rank: all of them save) first.
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # also at validation end, within fit
+            self._read_flags_if_unread()
         checkpoint["unfreeze_schedule"] = self.schedule.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

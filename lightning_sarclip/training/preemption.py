@@ -10,11 +10,13 @@ does not resume exactly, and under DDP the ranks may not even agree on the step 
 
 1. The handler for the configured signals (``SIGUSR1`` by default, what ``#SBATCH --signal=SIGUSR1@90`` sends)
    only records that the signal came.
-2. After every optimizer step (``on_train_batch_end``, where ``ModelCheckpoint``'s periodic saves happen and where
+2. After an optimizer step (``on_train_batch_end``, where ``ModelCheckpoint``'s periodic saves happen and where
    the loader position in the checkpoint is consistent with the step), all ranks decide together whether *any*
-   of them was signalled: one all-reduce of a single integer (``strategy.reduce_boolean_decision``). Lightning
-   already broadcasts its SIGTERM flag every step under DDP, so this adds one more tiny collective to a step
-   that is synchronised anyway; on one process it is free.
+   of them was signalled. With ``SARCLIPModule`` this is the same single collective in which the ranks read the
+   module's non-finite-step flag (:meth:`~lightning_sarclip.training.module.SARCLIPModule.check_step_flags`),
+   and it runs every ``host_sync_every_n_steps`` steps of the module (every step on a CPU; on a GPU every
+   ``log_every_n_steps``, where logging reads its metrics anyway): the signal's lead time must cover those
+   steps. With another LightningModule it is one all-reduce of a single integer every step.
 3. If so, every rank writes ``last.ckpt`` through the trainer's checkpoint callback (atomic with
    ``AtomicCheckpointIO``; the same file ``--ckpt_path last`` resumes), then global rank 0 requeues the Slurm
    job (``scontrol requeue``, only inside a Slurm job and with ``requeue=True``), and the run stops: without
@@ -195,8 +197,17 @@ class PreemptionCheckpoint(pl.Callback):
         # gradients are in no checkpoint. global_step is the same on every rank, so all ranks take part together.
         if not self.enabled or self.preempted_at is not None or trainer.global_step == self._decided_step:
             return
+        check = getattr(pl_module, "check_step_flags", None)
+        if check is None:  # not a SARCLIPModule: a collective of its own, every step
+            self._decided_step = trainer.global_step
+            if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+                self._stop(trainer)
+            return
+        if trainer.global_step % pl_module.host_sync_interval != 0:
+            return
         self._decided_step = trainer.global_step
-        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        # One collective for both flags; it raises NonFiniteLossError (before the checkpoint) after a bad step.
+        if check(preempted=self.received is not None):
             self._stop(trainer)
 
     def _stop(self, trainer: pl.Trainer) -> None:

@@ -73,6 +73,21 @@ def shard_model(model: nn.Module, mesh: DeviceMesh) -> list[nn.Parameter]:
     return replicated
 
 
+def reshard_all(model: nn.Module) -> None:
+    """Free the gathered parameters of every FSDP unit, so the next forward gathers them afresh.
+
+    Needed after ``requires_grad`` of sharded parameters changed (a stage boundary of staged unfreezing): FSDP2
+    copies ``requires_grad`` onto the gathered parameters when it gathers them, and the root unit keeps its
+    parameters gathered after a forward without backward (validation), so without this the first training step
+    after it would compute gradients for parameters that are frozen now.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def all_reduce_grads(params: Iterable[nn.Parameter], group: object = None) -> None:
     """Average the gradients of replicated parameters across ranks (what DDP's reducer does for them).
 

@@ -2,18 +2,23 @@
 
 Design (chosen because Lightning's ``BackboneFinetuning`` breaks under DDP and on resume, PL #20340 / #21901):
 
-* Every parameter is in the optimizer from the first step and keeps ``requires_grad=True``; the DDP reducer and
-  the optimizer's parameter groups therefore never change shape, on any rank, before or after a resume.
-* A group is *frozen* by a learning-rate multiplier of 0 **and** by dropping its gradients just before the
-  optimizer step (``SARCLIPModule.on_before_optimizer_step``), so AdamW neither moves it (no update, no weight
-  decay) nor accumulates moments for it, and gradient clipping only sees the groups that train.
-* The stage in force is a pure function of ``(epoch, global_step)``, so a resumed run recomputes it; the only
-  state, the set of groups that trained at the last step, is saved in the checkpoint so that a group which
-  unfreezes right after a resume still gets its optimizer state reset.
+* Every parameter is in the optimizer from the first step, so the optimizer's parameter groups never change
+  shape, on any rank, before or after a resume.
+* A group is *frozen* for a stage by ``requires_grad=False`` (and a learning-rate multiplier of 0), switched by
+  ``SARCLIPModule`` at stage boundaries only. Autograd then computes no gradient for it, and a frozen trunk under
+  trainable projections runs its forward outside the graph: no backward compute and no saved activations for it.
+  A frozen parameter has no gradient, so AdamW skips it entirely (no update, no weight decay, moments untouched)
+  and gradient clipping only sees the groups that train.
+* DDP's reducer is built for the parameters that require a gradient, so the module re-wraps the model at a stage
+  boundary (one broadcast of the weights; the new reducer averages only what trains). FSDP2 reads
+  ``requires_grad`` from the sharded parameters at every unshard and reduce-scatters only gradients that exist.
+* The stage in force is a pure function of ``(epoch, global_step)``, so a resumed run recomputes it (and with it
+  ``requires_grad``); the only state, the set of groups that trained at the last step, is saved in the checkpoint
+  so that a group which unfreezes right after a resume still gets its optimizer state reset.
 * When a group unfreezes, its AdamW state is cleared: moments from an earlier training period would otherwise
   push it with stale statistics.
 
-The price: frozen towers still run their backward pass (no compute or memory saved, unlike ``requires_grad``).
+Outside ``fit`` every parameter requires a gradient again, as the model was built.
 
 Parameter groups (``UnfreezeSchedule.group_names``) for open_clip models::
 

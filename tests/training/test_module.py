@@ -98,23 +98,29 @@ def test_hf_hub_weights_are_read_with_the_same_loader(tmp_path, monkeypatch):
         assert torch.equal(a, b), name
 
 
+def _poisoned_module(bad_step: int, **kwargs) -> SARCLIPModule:
+    """A module whose training loss is NaN at global step ``bad_step`` (only there)."""
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-4, warmup_steps=1, **kwargs)
+    loss_fn = module.loss_fn
+
+    class Poison(torch.nn.Module):
+        def forward(self, image, text, scale):
+            loss = loss_fn(image, text, scale)
+            return loss * float("nan") if module.global_step == bad_step else loss
+
+    def setup(stage):
+        module.loss_fn = Poison()
+
+    module.setup = setup
+    return module
+
+
 def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lightning_sarclip.training.module import NonFiniteLossError
 
-    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-4, warmup_steps=1)
-    loss_fn = module.loss_fn
-
-    class PoisonAtStep3(torch.nn.Module):
-        def forward(self, image, text, scale):
-            loss = loss_fn(image, text, scale)
-            return loss * float("nan") if module.global_step == 3 else loss
-
-    def setup(stage):
-        module.loss_fn = PoisonAtStep3()
-
-    module.setup = setup
+    module = _poisoned_module(3)
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=1)
     with pytest.raises(NonFiniteLossError, match="global step 3 "):
         _trainer(tmp_path, max_epochs=2, limit_train_batches=4, callbacks=[checkpoint],
@@ -123,6 +129,58 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     assert last["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+class _Snapshot(pl.Callback):
+    """The weights and AdamW step counts just before the batch of global step ``step``."""
+
+    def __init__(self, step: int):
+        self.step, self.weights, self.steps = step, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            self.weights = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            self.steps = [float(s["step"]) for s in trainer.optimizers[0].state.values() if "step" in s]
+
+
+def test_a_nan_step_between_flag_reads_leaves_the_weights_intact(tmp_path):
+    """The flag is read every 4 steps; the NaN at step 5 is kept out of the weights on the device, and so are
+    steps 6 and 7 (the skip is sticky); the read after step 8 stops the run naming step 5."""
+    from lightning_sarclip.training.module import NonFiniteLossError
+
+    module = _poisoned_module(5, host_sync_every_n_steps=4)
+    reads = []
+    check = module.check_step_flags
+    module.check_step_flags = lambda *a, **k: reads.append(module.global_step) or check(*a, **k)
+    snapshot = _Snapshot(5)
+    with pytest.raises(NonFiniteLossError, match="global step 5 .*seen at step 7"):
+        _trainer(tmp_path, max_epochs=3, limit_train_batches=4, callbacks=[snapshot]).fit(module, RandomPairsDataModule())
+    assert reads == [4, 8]  # no host read of the flag in between
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, snapshot.weights[name]), name
+    optimizer_steps = [float(s["step"]) for s in module.trainer.optimizers[0].state.values() if "step" in s]
+    assert optimizer_steps == snapshot.steps == [5.0] * len(optimizer_steps)
+
+
+def test_a_checkpoint_between_flag_reads_reads_the_flag_first(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_sarclip.training.module import NonFiniteLossError
+
+    module = _poisoned_module(4, host_sync_every_n_steps=50)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=3)
+    with pytest.raises(NonFiniteLossError, match="global step 4 "):
+        _trainer(tmp_path, max_epochs=3, limit_train_batches=4, callbacks=[checkpoint],
+                 enable_checkpointing=True).fit(module, RandomPairsDataModule())
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_a_nan_in_the_last_steps_fails_the_run_at_its_end(tmp_path):
+    from lightning_sarclip.training.module import NonFiniteLossError
+
+    module = _poisoned_module(6, host_sync_every_n_steps=50)
+    with pytest.raises(NonFiniteLossError, match="global step 6 "):
+        _trainer(tmp_path, max_epochs=2, limit_train_batches=4).fit(module, RandomPairsDataModule())
 
 
 def _loss_and_grads(module: SARCLIPModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -274,3 +332,23 @@ def test_label_positives_train_through_feature_cache_accumulation_as_one_batch(t
     assert gap(results[0], results[1]) < 1e-4 < 1e-3 < gap(results[0], results[2])
     with pytest.raises(ValueError, match="positives must be one of"):
         SARCLIPModule(model_name=TEST_ARCH, positives="class")
+
+
+def test_scalars_only_loggers_read_are_logged_fresh_at_log_steps(tmp_path):
+    """``train/lr``/``train/logit_scale`` are logged only at the steps the logger writes (each ``self.log`` costs
+    Lightning Python time every step), with that step's value."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1)
+    logger = CSVLogger(tmp_path)
+    _trainer(tmp_path, max_steps=4, limit_train_batches=4, logger=logger, log_every_n_steps=2).fit(
+        module, RandomPairsDataModule())
+    with open(os.path.join(logger.log_dir, "metrics.csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 3]
+    for row in rows:
+        expected = 1e-3 * cosine_with_warmup(int(row["step"]), 4, 1)
+        assert float(row["train/lr"]) == pytest.approx(expected)
+        assert float(row["train/logit_scale"]) > 0 and float(row["train/loss"]) > 0

@@ -112,6 +112,39 @@ def test_exactly_the_scheduled_parameters_change(tmp_path):
     assert changed(after_stage0, after_stage1) == stage1
 
 
+class _RecordGraph(pl.Callback):
+    """Per step: whether the image trunk's output is part of the autograd graph, and which parameters train."""
+
+    def __init__(self, module: SARCLIPModule):
+        self.trunk_in_graph: list[bool] = []
+        self.trainable: list[set[str]] = []
+        module.model.visual.transformer.register_forward_hook(self._hook)
+
+    def _hook(self, _module, _inputs, output):
+        if torch.is_grad_enabled():
+            self.trunk_in_graph.append(output.requires_grad)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.trainable.append({n for n, p in pl_module.named_parameters() if p.requires_grad})
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                assert (param.grad is None) == (not param.requires_grad)
+
+
+def test_frozen_groups_do_no_backward_and_thaw_after_fit(tmp_path):
+    """Stage 0 trains the projections only: the trunk runs outside the graph (no backward, no saved activations);
+    stage 1 unfreezes the last vision block, which brings the trunk's output back into it."""
+    pl.seed_everything(0)
+    module = _module()
+    recorder = _RecordGraph(module)
+    _trainer(tmp_path, max_epochs=2, callbacks=[recorder]).fit(module, RandomPairsDataModule())
+    assert recorder.trunk_in_graph == [False, False, True, True]
+    stage0 = _group_keys(module, {"vision.proj", "text.proj", "logit_scale"})
+    stage1 = stage0 | _group_keys(module, {"vision.block.1"})
+    assert [recorder.trainable[0], recorder.trainable[2]] == [stage0, stage1]
+    assert all(p.requires_grad for p in module.parameters())  # outside fit, the module is as it was built
+
+
 def _fit_interrupted(tmp_path, stop_after: int, total: int) -> dict:
     pl.seed_everything(0)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
@@ -153,11 +186,18 @@ def test_resume_loads_schedule_state_and_the_unfrozen_block_keeps_training(tmp_p
 
 
 class _SaveWeights(pl.Callback):
+    """Each rank's final weights, and per step how many parameters DDP's reducer averages."""
+
     def __init__(self, out_dir):
         self.out_dir = str(out_dir)
+        self.reduced: list[int] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.reduced.append(trainer.strategy.model._get_ddp_logging_data()["num_parameter_tensors"])
 
     def on_train_end(self, trainer, pl_module):
-        torch.save(snapshot(pl_module), os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+        torch.save({"weights": snapshot(pl_module), "reduced": self.reduced},
+                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
 
 
 @pytest.mark.slow
@@ -180,9 +220,12 @@ def test_ddp_ranks_keep_identical_weights_under_unfreezing(tmp_path):
         callbacks=[_SaveWeights(tmp_path)],
     )
     trainer.fit(module, RandomPairsDataModule(batch_size=2))
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    saved0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank0, rank1 = saved0["weights"], torch.load(tmp_path / "rank1.pt", weights_only=True)["weights"]
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     stage1 = _group_keys(module, {"vision.proj", "text.proj", "logit_scale", "vision.block.1"})
     assert changed(before, rank0) == stage1
+    # The reducer follows the stage: it averages only what trains (frozen groups have no gradient to average).
+    stage0 = _group_keys(module, {"vision.proj", "text.proj", "logit_scale"})
+    assert saved0["reduced"] == [len(stage0)] * 2 + [len(stage1)] * 2
