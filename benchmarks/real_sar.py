@@ -95,7 +95,9 @@ class BudgetSnapshots(pl.Callback):
                 self.next_mark += self.every
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seconds = time.perf_counter() - self.started - self.paused
         self._save(trainer, self.progress(trainer))
+        (self.out / "progress.json").write_text(json.dumps({"steps": trainer.global_step, "seconds": seconds}))
 
 
 # ------------------------------------------------------------------------------------------------ ours
@@ -120,6 +122,7 @@ def run_ours(args: argparse.Namespace, work: Path) -> list[tuple[float, Path]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     print("ours:", " ".join(command), flush=True)
     subprocess.run(command, check=True, env=env, cwd=REPO)
+    args.ours_progress = json.loads((snapshots / "progress.json").read_text())
     return sorted((float(p.stem[1:]), p) for p in snapshots.glob("t*.ckpt"))
 
 
@@ -227,6 +230,7 @@ def bare_loop(images: torch.Tensor, labels: torch.Tensor, classnames: list[str],
                 snapshots.append((now, {k: v.detach().clone() for k, v in model.state_dict().items()}))
                 next_mark += snapshot_every
                 paused += time.perf_counter() - before
+    args.bare_progress = {"steps": steps, "seconds": time.perf_counter() - started - paused}
     if not snapshots or snapshots[-1][0] < progress():  # the end, unless a mark fell on it
         snapshots.append((progress(), {k: v.detach().clone() for k, v in model.state_dict().items()}))
     return snapshots
@@ -367,6 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = run_settings(work / "runs" / "ours")
         scores = [(t, score_ours(args, path, eval_split, settings)) for t, path in snapshots]
         curves["ours (fit)"] = [(t, s["top1"]) for t, s in scores]
+        result["ours_steps_done"] = args.ours_progress["steps"]
         result.update(ours_top1=scores[-1][1]["top1"], ours_mean_per_class=scores[-1][1]["mean_per_class"],
                       **{f"ours_{args.unit}": round(scores[-1][0], 1)})
     if "bare" in args.arms:
@@ -375,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         snapshots = bare_loop(images, labels, bare_classes, args, args.budget / args.curve_points)
         scores = [(t, score_bare(state, test_images, test_labels, bare_classes, args)) for t, state in snapshots]
         curves["bare open_clip loop"] = [(t, s["top1"]) for t, s in scores]
+        result["bare_steps_done"] = args.bare_progress["steps"]
         result.update(bare_top1=scores[-1][1]["top1"], bare_mean_per_class=scores[-1][1]["mean_per_class"],
                       **{f"bare_{args.unit}": round(scores[-1][0], 1)})
     if "ours_top1" in result and "bare_top1" in result:
@@ -383,11 +389,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figure = args.out / "learning_curve.png"
     _plot(curves, figure, args.unit, f"{args.source}: train on {args.train_split}, zero-shot on {eval_split}")
     result["figure"] = str(figure)
-    print(f"{'arm':22s} {args.unit:>8s} {'top-1':>7s} {'mean/cls':>9s}")
+    print(f"{'arm':22s} {args.unit:>8s} {'steps':>6s} {'top-1':>7s} {'mean/cls':>9s}")
     for arm in ("ours", "bare"):
         if f"{arm}_top1" in result:
-            print(f"{arm:22s} {result[f'{arm}_{args.unit}']:8.1f} {100 * result[f'{arm}_top1']:6.1f}% "
-                  f"{100 * result[f'{arm}_mean_per_class']:8.1f}%")
+            print(f"{arm:22s} {result[f'{arm}_{args.unit}']:8.1f} {result[f'{arm}_steps_done']:6d} "
+                  f"{100 * result[f'{arm}_top1']:6.1f}% {100 * result[f'{arm}_mean_per_class']:8.1f}%")
     if "ratio" in result:
         print(f"ratio (ours / bare top-1) = {result['ratio']:.3f}")
     print(json.dumps(result))

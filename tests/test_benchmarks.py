@@ -99,5 +99,6 @@ def test_real_sar_benchmark_runs_on_another_source_with_a_step_budget(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["source"] == "sample" and result["unit"] == "steps"
     assert result["ours_steps"] == 3 and result["bare_steps"] == 3, result
+    assert result["ours_steps_done"] == 3 and result["bare_steps_done"] == 3
     assert [point[0] for point in result["curves"]["bare open_clip loop"]] == [1, 2, 3]
     assert 0 <= result["bare_top1"] <= 1 and "ratio" in result
