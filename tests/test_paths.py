@@ -320,13 +320,13 @@ def test_fast_dev_run_fit_through_the_cli_reads_with_the_instance_policy(case_id
     reference = case.listing()
     available = {r.split for r in reference.records()}
     calls: list[tuple[str, Any, str, str]] = []
-    load_image = SourceListing.load_image
+    load_array = SourceListing.load_array  # every image read of a listing passes it (load_image included)
 
-    def spy(self, record, image_size, in_chans):
+    def spy(self, record, in_chans):
         calls.append((self.source, self.policy_spec, record.key, record.split))
-        return load_image(self, record, image_size, in_chans)
+        return load_array(self, record, in_chans)
 
-    monkeypatch.setattr(SourceListing, "load_image", spy)
+    monkeypatch.setattr(SourceListing, "load_array", spy)
     argv = ["fit", "--config", str(REPO_ROOT / "experiments" / "quickstart.yaml"),
             "--model.init_args.model_name", TEST_ARCH,
             "--data", "lightning_sarclip.training.SourceDataModule",
@@ -400,13 +400,13 @@ def test_evaluate_run_scores_mstar_sdms_with_the_raw_policy(tmp_path, monkeypatc
     """The whole ``evaluate`` command path (model loading, embedding, rows) reads with the instance policy."""
     case = BY_ID["mstar_sdms"]
     policies: list[Any] = []
-    load_image = SourceListing.load_image
+    load_array = SourceListing.load_array  # every image read of a listing passes it (load_image included)
 
-    def spy(self, record, image_size, in_chans):
+    def spy(self, record, in_chans):
         policies.append(self.policy_spec)
-        return load_image(self, record, image_size, in_chans)
+        return load_array(self, record, in_chans)
 
-    monkeypatch.setattr(SourceListing, "load_image", spy)
+    monkeypatch.setattr(SourceListing, "load_array", spy)
     entry = _eval_entry(case)
     config = EvalConfig(output=str(tmp_path / "results.jsonl"), datasets=[DatasetSpec(**entry)],
                         model=ModelSpec(model_name=TEST_ARCH, image_size=SIZE, allow_random_weights=True), ks=[1, 2],

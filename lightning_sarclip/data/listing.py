@@ -36,7 +36,7 @@ from lightning_sarclip.data.records import SARRecord
 from lightning_sarclip.data.sources.base import SARSource, get_source
 from lightning_sarclip.data.transforms import build_policy, resize_square, to_model_channels
 
-__all__ = ["DETECTION_MODES", "SourceListing", "model_input"]
+__all__ = ["DETECTION_MODES", "SourceListing", "model_input", "sized_input"]
 
 
 def source_array(record: SARRecord, policy: Any, in_chans: int) -> np.ndarray:
@@ -46,7 +46,13 @@ def source_array(record: SARRecord, policy: Any, in_chans: int) -> np.ndarray:
 
 def model_input(record: SARRecord, policy: Any, image_size: int, in_chans: int) -> torch.Tensor:
     """``record``'s image as the model sees it: ``float32 (in_chans, image_size, image_size)`` in [0, 1]."""
-    return resize_square(source_array(record, policy, in_chans), image_size).clamp_(0.0, 1.0).to(torch.float32)
+    return sized_input(source_array(record, policy, in_chans), image_size)
+
+
+def sized_input(array: np.ndarray, image_size: int) -> torch.Tensor:
+    """A converted ``(C, H, W)`` image as model input: ``float32 (C, image_size, image_size)`` in [0, 1], never
+    sharing memory with ``array`` (which may be a cached copy)."""
+    return resize_square(array, image_size).clamp(0.0, 1.0).to(torch.float32)
 
 
 def _construct(source_cls: type[SARSource], root: str | Path, split: str, options: dict[str, Any]) -> SARSource:
@@ -118,7 +124,8 @@ class SourceListing:
 
     def load_image(self, record: SARRecord, image_size: int, in_chans: int) -> torch.Tensor:
         """``record``'s model input, converted with this listing's policy."""
-        return model_input(record, self.policy, image_size, in_chans)
+        # every image read of a listing passes load_array (the path tests spy on it)
+        return sized_input(self.load_array(record, in_chans), image_size)
 
     def load_array(self, record: SARRecord, in_chans: int) -> np.ndarray:
         """``record``'s converted image at its own size (what augmentation crops before the resize)."""

@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from lightning_sarclip.data.augment import POSITIONAL_STYLES, ChipAugment
 from lightning_sarclip.data.captions import STYLES, Captioner
-from lightning_sarclip.data.listing import SourceListing
+from lightning_sarclip.data.listing import SourceListing, sized_input
 from lightning_sarclip.data.records import SARRecord
-from lightning_sarclip.data.transforms import resize_square
 
 #: Listings up to this many records keep every record's captions once written (about 1 kB a record).
 CAPTION_MEMO_LIMIT = 200_000
@@ -165,7 +163,7 @@ class SourceDataset(Dataset):
         if self.augment is not None:  # geometry only when no caption of the pair names a position
             array = self.augment(array, random.Random(random.getrandbits(64)),
                                  geometric=not any(style in POSITIONAL_STYLES for _, style in styled))
-        image = resize_square(array, self.image_size).clamp(0.0, 1.0).to(torch.float32)  # never the cached array
+        image = sized_input(array, self.image_size)  # never the cached array itself
         return {
             "image": image,
             "captions": fixed_count(captions, self.n_captions),
