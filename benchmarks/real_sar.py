@@ -194,6 +194,7 @@ def bare_loop(images: torch.Tensor, labels: torch.Tensor, classnames: list[str],
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.bare_lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     snapshots, started, paused, next_mark, steps = [], time.perf_counter(), 0.0, snapshot_every, 0
+    snapshot_step = -1  # the step of the last snapshot
 
     def progress() -> float:  # training seconds (snapshots excluded) or optimizer steps, as --unit says
         return float(steps) if args.unit == "steps" else time.perf_counter() - started - paused
@@ -228,10 +229,11 @@ def bare_loop(images: torch.Tensor, labels: torch.Tensor, classnames: list[str],
             if (now := progress()) >= next_mark:
                 before = time.perf_counter()
                 snapshots.append((now, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+                snapshot_step = steps
                 next_mark += snapshot_every
                 paused += time.perf_counter() - before
     args.bare_progress = {"steps": steps, "seconds": time.perf_counter() - started - paused}
-    if not snapshots or snapshots[-1][0] < progress():  # the end, unless a mark fell on it
+    if snapshot_step != steps:  # the end, unless the last step already left a snapshot
         snapshots.append((progress(), {k: v.detach().clone() for k, v in model.state_dict().items()}))
     return snapshots
 
