@@ -68,13 +68,13 @@ def test_startup_benchmark_measures_commands_against_their_targets():
     assert "report" in out and "target" in out
 
 
-def test_real_sar_benchmark_trains_both_arms_and_prints_the_comparison(tmp_path):
+def test_bare_loop_benchmark_trains_both_arms_and_prints_the_comparison(tmp_path):
     """Tiny settings on the MSTAR fixture (8 chips): both arms train for their budget, snapshots are scored on the
     held-out split, and the last line carries the figures the README quotes."""
     import json
 
     root = REPO_ROOT / "tests" / "data" / "mstar" / "jpeg_folders"
-    out = _run("benchmarks/real_sar.py", "--root", str(root), "--budget", "4", "--curve-points", "2",
+    out = _run("benchmarks/vs_bare_loop.py", "--root", str(root), "--budget", "4", "--curve-points", "2",
                "--out", str(tmp_path), "--image-size", "32", "--bare-model", TEST_ARCH, "--bare-batch-size", "2",
                "--ours-args", "--model.init_args.model_name", TEST_ARCH, "--data.init_args.image_size", "32",
                "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0", "--trainer.max_epochs", "100000")
@@ -85,13 +85,13 @@ def test_real_sar_benchmark_trains_both_arms_and_prints_the_comparison(tmp_path)
     assert len(result["curves"]["ours (fit)"]) >= 2 and (tmp_path / "learning_curve.png").stat().st_size > 0
 
 
-def test_real_sar_benchmark_runs_on_another_source_with_a_step_budget(tmp_path):
+def test_bare_loop_benchmark_runs_on_another_source_with_a_step_budget(tmp_path):
     """``--source`` takes any class-labelled source in its own layout (SAMPLE's fixture here) and ``--unit steps``
     gives both arms the same number of optimizer steps (the per-step comparison)."""
     import json
 
     root = REPO_ROOT / "tests" / "data" / "sample"
-    out = _run("benchmarks/real_sar.py", "--root", str(root), "--source", "sample", "--unit", "steps",
+    out = _run("benchmarks/vs_bare_loop.py", "--root", str(root), "--source", "sample", "--unit", "steps",
                "--budget", "3", "--curve-points", "3", "--threads", "1", "--out", str(tmp_path),
                "--image-size", "32", "--bare-model", TEST_ARCH, "--bare-batch-size", "2",
                "--ours-args", "--model.init_args.model_name", TEST_ARCH, "--data.init_args.image_size", "32",

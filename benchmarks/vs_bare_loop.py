@@ -24,8 +24,8 @@ The last line is one JSON object: ``ours_top1``, ``bare_top1``, ``ratio`` (ours 
 optimizer steps instead (``ours_steps``, ``bare_steps``): per-step learning, which does not depend on how busy the
 machine is, so such runs may share it (``--threads``).
 
-    python benchmarks/real_sar.py --root <MSTAR root>   # any MSTAR layout of data_cards/mstar.md
-    python benchmarks/real_sar.py --root <root> --source class_folder --budget 120 --arms ours
+    python benchmarks/vs_bare_loop.py --root <MSTAR root>   # any MSTAR layout of data_cards/mstar.md
+    python benchmarks/vs_bare_loop.py --root <root> --source class_folder --budget 120 --arms ours
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class BudgetSnapshots(pl.Callback):
 # ------------------------------------------------------------------------------------------------ ours
 def run_ours(args: argparse.Namespace, work: Path) -> list[tuple[float, Path]]:
     snapshots = work / "ours_snapshots"
-    callback = {"class_path": "real_sar.BudgetSnapshots",
+    callback = {"class_path": "vs_bare_loop.BudgetSnapshots",
                 "init_args": {"out": str(snapshots), "every": args.budget / args.curve_points,
                               "budget": args.budget, "unit": args.unit}}
     # the callback stops the run at the budget; max_time is only a backstop, and in steps mode the cosine is laid
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="torch threads for both arms (default: torch's own choice)")
     parser.add_argument("--curve-points", type=int, default=6, help="snapshots per arm for the learning curve")
     parser.add_argument("--arms", nargs="+", default=["ours", "bare"], choices=["ours", "bare"])
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "real_sar")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "vs_bare_loop")
     parser.add_argument("--image-size", type=int, default=64, help="the bare loop's input size")
     parser.add_argument("--bare-model", default=None,
                         help="open_clip architecture of the bare loop (default: the recipe's, so the loops compare)")
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{args.source} at {args.root} has splits {sorted(splits)}; need {args.train_split!r} and "
                          "a held-out one (--eval-split)")
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="real_sar-", dir=args.out))
+    work = Path(tempfile.mkdtemp(prefix="vs_bare_loop-", dir=args.out))
     if args.holdout == "train-part":
         if args.made_split:
             raise SystemExit("--holdout train-part carves the official train split; this source has none, so the "
