@@ -17,7 +17,15 @@ in a fresh process; and on both the
 activations autograd saves for the backward of one step (``saved_tensors_hooks``, exact). The last line is ``frozen-stage speedup = X.XX``:
 all-trainable step time over projections-only step time (target >= 2 on the tiny default model on a CPU).
 
+DDP (``--strategy ddp``, default 2 processes on gloo, one thread each on a CPU): each round starts both loops as
+``torch.distributed.run`` jobs of this script (``--ddp-worker``); ours is ``fit`` with ``strategy="ddp"`` (global
+negatives: features gathered across ranks, as ``InfoNCELoss`` does by default), the bare loop is
+``DistributedDataParallel`` around the same model with open_clip's ``ClipLoss(gather_with_grad=True, rank,
+world_size)``; rank ``r`` trains on batches ``r, r + n, ...`` in both. Samples/s count the global batch (target
+ratio >= 0.97).
+
     python benchmarks/train_step.py [--model SARCLIP-ViT-Tiny-64] [--batch-size 64] [--steps 30] [--rounds 5]
+    python benchmarks/train_step.py --strategy ddp --devices 2     # two gloo processes on a CPU
     python benchmarks/train_step.py --accelerator gpu --precision bf16-mixed --model ViT-B-16 --batch-size 256
 """
 
@@ -172,6 +180,95 @@ def run_bare(module: SARCLIPModule, batches: list[dict], warmup: int, lr: float,
     _sync()
     elapsed = time.perf_counter() - start
     return (total - warmup) * batches[0]["image"].shape[0] / elapsed
+
+
+# ------------------------------------------------------------------------------------------------ DDP
+def ddp_round(arm: str, args: argparse.Namespace) -> float:
+    """Global samples/s of one DDP run of ``arm`` (``ours`` or ``bare``): ``args.devices`` processes started by
+    ``torch.distributed.run`` (one thread each on a CPU, as torchrun sets ``OMP_NUM_THREADS``)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.devices}",
+               os.path.abspath(__file__), "--ddp-worker", arm, "--model", args.model, "--batch-size",
+               str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--accelerator", args.accelerator, "--precision", args.precision]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"DDP {arm} run failed ({' '.join(command)}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ddp samples/s ")]
+    return float(lines[-1].split()[-1])
+
+
+def ddp_worker(args: argparse.Namespace) -> None:
+    """One rank of :func:`ddp_round`: prints ``ddp samples/s <global rate>`` on rank 0."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    gpu = args.accelerator == "gpu"
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(device)
+    pl.seed_everything(0, verbose=False)
+    template = SARCLIPModule(model_name=args.model, in_chans=1, lr=1e-4, warmup_steps=1)
+    image_size, context = int(template.model.visual.image_size[0]), int(template.model.context_length)
+    total = args.steps + args.warmup
+    # every rank builds the same batches and keeps its own slice, so both arms see identical data per rank
+    batches = make_batches(world * total, args.batch_size, image_size, context, device=str(device))[rank::world]
+    if args.ddp_worker == "ours":
+        timer = StepTimer(args.warmup)
+        trainer = pl.Trainer(accelerator=args.accelerator, devices=world, strategy="ddp", precision=args.precision,
+                             max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                             use_distributed_sampler=False, callbacks=[timer])
+        trainer.fit(template, train_dataloaders=DataLoader(Batches(batches), batch_size=None, shuffle=False))
+        elapsed = timer.end - timer.start
+    else:
+        dist.init_process_group("nccl" if gpu else "gloo")
+        model, adapter = template.model.to(device), template.input_adapter.to(device)
+        model.train()
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if gpu else None)
+        named = list(model.named_parameters())
+        decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
+        fused = device.type in fused_adamw_devices() or None
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2}, {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=fused)
+        loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
+        for step, batch in enumerate(batches):
+            if step == args.warmup:
+                _sync()
+                start = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-4 * 0.5 * (1 + math.cos(math.pi * step / total))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
+                image_features, text_features, logit_scale = ddp(adapter(batch["image"]), batch["text"])[:3]
+                loss = loss_fn(image_features, text_features, logit_scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+        _sync()
+        elapsed = time.perf_counter() - start
+    if rank == 0:
+        print(f"ddp samples/s {world * args.steps * args.batch_size / elapsed:.3f}", flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def report_ddp(args: argparse.Namespace) -> None:
+    name = torch.cuda.get_device_name() if args.accelerator == "gpu" else "cpu, 1 thread per process"
+    print(f"model={args.model} batch={args.batch_size} per rank x {args.devices} ranks (DDP) steps={args.steps} "
+          f"precision={args.precision} device={name} torch={torch.__version__}")
+    ours, bare = [], []
+    for r in range(args.rounds):
+        bare.append(ddp_round("bare", args))
+        ours.append(ddp_round("ours", args))
+        print(f"round {r}: bare {bare[-1]:7.1f} samples/s   ours {ours[-1]:7.1f} samples/s   "
+              f"ratio {ours[-1] / bare[-1]:.3f}", flush=True)
+    ratio = statistics.median(ours) / statistics.median(bare)
+    print(f"median: bare {statistics.median(bare):.1f} samples/s, ours {statistics.median(ours):.1f} samples/s")
+    print(f"ratio ours/bare (DDP x{args.devices}) = {ratio:.3f} (target >= 0.97)")
 
 
 FROZEN_STAGE = ["projections", "logit_scale"]
@@ -330,10 +427,20 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     parser.add_argument("--stage-steps", type=int, default=10, help="steps of each stage of the staged schedule")
     parser.add_argument("--staged-rounds", type=int, default=3, help="fits of the staged schedule (median)")
+    parser.add_argument("--strategy", choices=["single", "ddp"], default="single",
+                        help="one process, or DDP over --devices processes (gloo on a CPU) against a bare DDP loop")
+    parser.add_argument("--devices", type=int, default=2, help="processes of --strategy ddp")
     parser.add_argument("--rss-probe", choices=["frozen", "all"], help=argparse.SUPPRESS)  # see rss_growth
+    parser.add_argument("--ddp-worker", choices=["ours", "bare"], help=argparse.SUPPRESS)  # see ddp_round
     args = parser.parse_args()
     if args.rss_probe:
         rss_probe(args)
+        return
+    if args.ddp_worker:
+        ddp_worker(args)
+        return
+    if args.strategy == "ddp":
+        report_ddp(args)
         return
 
     pl.seed_everything(0, verbose=False)

@@ -37,6 +37,15 @@ def test_train_step_benchmark_prints_the_ratio_and_flops():
     assert last.startswith("frozen-stage speedup = ") and float(last.split("= ")[1]) > 0
 
 
+def test_train_step_benchmark_runs_ddp_on_two_gloo_processes():
+    """``--strategy ddp``: both loops run as 2-process torchrun jobs and the DDP ratio is printed."""
+    out = _run("benchmarks/train_step.py", "--strategy", "ddp", "--devices", "2", "--model", TEST_ARCH,
+               "--batch-size", "4", "--steps", "2", "--warmup", "1", "--rounds", "1")
+    rounds = [line for line in out.splitlines() if line.startswith("round 0:")]
+    assert rounds and float(rounds[0].split("ratio ")[1]) > 0, out
+    assert out.strip().splitlines()[-1].startswith("ratio ours/bare (DDP x2) = ")
+
+
 def test_sync_check_finds_no_host_read_between_flag_reads():
     """The CPU half of the GPU check: no tensor is read on the host in the steps between two flag reads."""
     for extra in ([], ["--unfreeze"]):
