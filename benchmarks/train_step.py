@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -147,10 +148,15 @@ def run_ours(module: SARCLIPModule, batches: list[dict], warmup: int, accelerato
     return steps * batches[0]["image"].shape[0] / (timer.end - timer.start)
 
 
-def run_bare(module: SARCLIPModule, batches: list[dict], warmup: int, lr: float, precision: str = "32-true") -> float:
+def run_bare(module: SARCLIPModule, batches: list[dict], warmup: int, lr: float, precision: str = "32-true",
+             wrap: Any = None, loss_fn: torch.nn.Module | None = None) -> float:
+    """Samples/s (of this process) of open_clip's ``train_one_epoch`` step on ``batches``, timed after ``warmup``
+    steps; ``wrap`` wraps the model for the forward pass (``DistributedDataParallel``), ``loss_fn`` replaces the
+    single-process ``ClipLoss``."""
     device = batches[0]["image"].device
     model, adapter = module.model.to(device), module.input_adapter.to(device)
     model.train()
+    forward = wrap(model) if wrap else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     # The AdamW implementation SARCLIPModule uses (fused where the device has the kernel), so that the ratio
@@ -160,7 +166,7 @@ def run_bare(module: SARCLIPModule, batches: list[dict], warmup: int, lr: float,
         [{"params": decay, "weight_decay": 0.2}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused,
     )
-    loss_fn = ClipLoss()
+    loss_fn = loss_fn or ClipLoss()
     total = len(batches)
     start = None
     for step, batch in enumerate(batches):
@@ -170,7 +176,7 @@ def run_bare(module: SARCLIPModule, batches: list[dict], warmup: int, lr: float,
         for group in optimizer.param_groups:  # open_clip's cosine_lr, called every step
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            image_features, text_features, logit_scale = model(adapter(batch["image"]), batch["text"])[:3]
+            image_features, text_features, logit_scale = forward(adapter(batch["image"]), batch["text"])[:3]
             loss = loss_fn(image_features, text_features, logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -224,32 +230,10 @@ def ddp_worker(args: argparse.Namespace) -> None:
         elapsed = timer.end - timer.start
     else:
         dist.init_process_group("nccl" if gpu else "gloo")
-        model, adapter = template.model.to(device), template.input_adapter.to(device)
-        model.train()
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if gpu else None)
-        named = list(model.named_parameters())
-        decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
-        no_decay = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
-        fused = device.type in fused_adamw_devices() or None
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2}, {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=fused)
-        loss_fn = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
-        for step, batch in enumerate(batches):
-            if step == args.warmup:
-                _sync()
-                start = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = 1e-4 * 0.5 * (1 + math.cos(math.pi * step / total))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
-                image_features, text_features, logit_scale = ddp(adapter(batch["image"]), batch["text"])[:3]
-                loss = loss_fn(image_features, text_features, logit_scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-        _sync()
-        elapsed = time.perf_counter() - start
+        rate = run_bare(template, batches, args.warmup, lr=1e-4, precision=args.precision,
+                        wrap=lambda model: DistributedDataParallel(model, device_ids=[device.index] if gpu else None),
+                        loss_fn=ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world))
+        elapsed = args.steps * args.batch_size / rate
     if rank == 0:
         print(f"ddp samples/s {world * args.steps * args.batch_size / elapsed:.3f}", flush=True)
     if dist.is_initialized():
