@@ -63,12 +63,24 @@ def sample_rng(seed: int, purpose: str) -> random.Random:
 
 
 class WeightedEpochSampler(Sampler[int]):
-    """Per epoch: a seeded shuffle (no weights) or ``num_samples`` draws with replacement by per-item weight.
+    """Per epoch, exactly ``len(self)`` indices, seeded by (``seed``, epoch).
 
-    Has ``set_epoch``, which Lightning calls every epoch (also through its distributed wrapper).
+    * With ``weights``: ``num_samples`` draws with replacement by per-item weight.
+    * Without: seeded permutations of all items, concatenated and cut at ``num_samples`` (each item once per
+      permutation, so an epoch shorter than the data is a random subset without repeats and a longer one sees every
+      item before any repeats). With ``num_samples`` left out that is one permutation.
+
+    The length must be what the iterator yields: Lightning sizes the LR schedule (``estimated_stepping_batches``)
+    from it. Has ``set_epoch``, which Lightning calls every epoch (also through its distributed wrapper).
     """
 
     def __init__(self, weights: list[float] | None, num_items: int, num_samples: int | None = None, seed: int = 0):
+        if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
+                                        or num_samples < 1):
+            raise ValueError(f"WeightedEpochSampler: num_samples (samples_per_epoch) must be an integer >= 1 or None, "
+                             f"got {num_samples!r}")
+        if num_items < 1:
+            raise ValueError(f"WeightedEpochSampler: num_items must be >= 1 (an empty training split?), got {num_items}")
         self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
         self.num_items = num_items
         self.num_samples = num_samples or num_items
@@ -84,7 +96,10 @@ class WeightedEpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         if self.weights is None:
-            return iter(torch.randperm(self.num_items, generator=generator).tolist())
+            # one generator for every permutation of the epoch: the first one is what a plain shuffle gives
+            rounds = -(-self.num_samples // self.num_items)
+            order = [i for _ in range(rounds) for i in torch.randperm(self.num_items, generator=generator).tolist()]
+            return iter(order[: self.num_samples])
         return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator).tolist())
 
 

@@ -599,7 +599,9 @@ class CorpusDataModule(SARDataModule):
         variant: a held-out variant name (``wo_mstar`` ...) or ``None`` for the full corpus.
         source_weights: per-source sampling weights for training (missing sources weigh 1); ``None`` = each image
             once per epoch.
-        samples_per_epoch: training samples per epoch when weighting (default: the number of train images).
+        samples_per_epoch: training samples per epoch (default: the number of train images); without
+            ``source_weights``, seeded permutations of the train images cut at this count (see
+            :class:`~lightning_sarclip.data.samplers.WeightedEpochSampler`).
         augment: SAR-safe geometric augmentation of training images.
         eval_captions: captions per image in val/test batches.
         seed: sampler seed.

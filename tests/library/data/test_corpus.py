@@ -199,6 +199,52 @@ def test_weighted_sampler_is_deterministic_and_follows_weights():
     assert sorted(WeightedEpochSampler(None, 20, seed=0)) == list(range(20))
 
 
+@pytest.mark.parametrize("num_samples", [7, 20, 45])
+def test_unweighted_sampler_yields_its_length(num_samples):
+    sampler = WeightedEpochSampler(None, 20, num_samples, seed=4)
+    drawn = list(sampler)
+    assert len(drawn) == len(sampler) == num_samples
+    for start in range(0, num_samples, 20):  # each permutation of the epoch holds an item at most once
+        chunk = drawn[start:start + 20]
+        assert len(set(chunk)) == len(chunk)
+    if num_samples >= 20:
+        assert set(drawn) == set(range(20))
+    assert drawn == list(WeightedEpochSampler(None, 20, num_samples, seed=4))
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn
+
+
+def test_sampler_refuses_an_empty_epoch():
+    with pytest.raises(ValueError, match="num_samples"):
+        WeightedEpochSampler(None, 20, -3)
+
+
+@pytest.mark.parametrize("per_epoch", ["fewer", "more"])
+def test_samples_per_epoch_sizes_the_schedule_as_run(built, per_epoch):
+    import lightning.pytorch as pl
+
+    from lightning_sarclip.training.module import SARCLIPModule
+
+    out, _ = built
+    probe = CorpusDataModule(root=str(out), tokenizer=TEST_ARCH, image_size=32)
+    probe.setup("fit")
+    images = len(probe.datasets["train"])
+    samples = images // 2 if per_epoch == "fewer" else images * 2 + 3
+    data = CorpusDataModule(root=str(out), samples_per_epoch=samples, batch_size=4, image_size=32,
+                            tokenizer=TEST_ARCH, augment=False)
+    seen = {}
+
+    class Count(pl.Callback):
+        def on_train_start(self, trainer, module):
+            seen["estimated"] = trainer.estimated_stepping_batches
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                         num_sanity_val_steps=0, callbacks=[Count()])
+    trainer.fit(SARCLIPModule(model_name=TEST_ARCH, lr=1e-4, warmup_steps=1), datamodule=data)
+    assert seen["estimated"] == trainer.global_step == 2 * (samples // 4)
+
+
 def test_corpus_datamodule_batches_and_weights(built):
     out, _ = built
     data = CorpusDataModule(root=str(out), variant="wo_mstar", source_weights={"sardet100k": 5.0}, batch_size=4,
