@@ -36,7 +36,7 @@ How it works, and why:
    the sources again. Rerunning a finished build only finalises it again, without reading its sources.
 1. **Stream and store.** Sources are read in config order, records in each reader's deterministic order. Each image
    is read once, converted by its source's policy to [0, 1], bounded to ``max_side``, stored as an 8-bit PNG
-   (1 channel ``L``; 2 channels VV/VH as ``LA``), hashed (``image_hash``: BLAKE2b of the stored pixels;
+   (1 channel ``L``, colour images as their luminance; 2 channels VV/VH as ``LA``), hashed (``image_hash``: BLAKE2b of the stored pixels;
    ``phash``: 64-bit DCT perceptual hash) and captioned. Shards are written to a temporary name and renamed, and
    ``build_state.json`` is replaced atomically after each shard (:mod:`lightning_sarclip.utils.atomic`). A
    killed build resumes by key (:mod:`~lightning_sarclip.data.corpus_resume`): each finished shard's
@@ -103,9 +103,11 @@ from lightning_sarclip.data.corpus_resume import (
     split_of,
     survey_sources,
 )
+from lightning_sarclip.data.image import is_colour
 from lightning_sarclip.data.io import read_sar
 from lightning_sarclip.data.listing import SourceListing
 from lightning_sarclip.data.records import SARRecord, metadata_json_default
+from lightning_sarclip.data.transforms import model_array
 from lightning_sarclip.utils.atomic import atomic_open, atomic_path, remove_stale_temps
 
 #: Public names, including those defined in :mod:`~lightning_sarclip.data.corpus_config` and
@@ -223,7 +225,8 @@ def convert_record(record: SARRecord, policy, max_side: int) -> tuple[np.ndarray
     """:func:`store_pixels` and the number of non-finite pixels the policy replaced (a policy with
     ``nonfinite: zero`` counts them in the image's ``meta["nonfinite_replaced"]``; others refuse them)."""
     image = read_sar(record.image)
-    unit = policy(image)
+    # shards hold 1 or 2 channels: a colour image is stored as its luminance (2 bands would be its red and green)
+    unit = model_array(image, policy, 1) if is_colour(image) else policy(image)
     return _bounded_uint8(unit, max_side), int(image.meta.get("nonfinite_replaced", 0))
 
 

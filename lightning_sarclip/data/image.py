@@ -17,6 +17,10 @@ import numpy as np
 from lightning_sarclip.data.records import MEMBER_SEP, ImageRef
 
 KINDS = ("uint8", "uint16", "amplitude", "intensity", "db", "complex", "float")
+#: ``SARImage.meta`` key a format reader sets to ``"rgb"`` when the file says its three channels are red, green and
+#: blue (a Pillow RGB/palette image, a TIFF with RGB photometric). Only the file knows: a 3-band raster could as well
+#: be a polarimetric stack (HH, HV, VV), whose first channel is the co-pol one.
+COLOUR_KEY = "colour"
 
 
 class SARReadError(ValueError):
@@ -51,6 +55,11 @@ class SARImage:
     @property
     def channels(self) -> int:
         return int(self.data.shape[2])
+
+
+def is_colour(image: SARImage) -> bool:
+    """Whether ``image`` holds red, green and blue channels (see :data:`COLOUR_KEY`), not a stack of bands."""
+    return image.meta.get(COLOUR_KEY) == "rgb" and image.channels == 3
 
 
 Reader = Callable[[bytes, ImageRef], SARImage]

@@ -6,6 +6,12 @@ input (:mod:`lightning_sarclip.data.transforms`) can treat amplitude, intensity,
 correctly. Formats register themselves with :func:`register_format`; the built-in ones are PNG/JPEG/BMP (Pillow)
 and TIFF/GeoTIFF (tifffile). Every failure raises :class:`SARReadError` naming the file.
 
+Three channels are either a colour image or a stack of bands, and only the file can tell: a reader marks colour
+images with ``meta[COLOUR_KEY] = "rgb"`` (Pillow's RGB, palette, CMYK and YCbCr images; TIFFs whose photometric
+tag says RGB), so that a one-channel model gets their luminance rather than their red channel
+(:func:`~lightning_sarclip.data.transforms.to_model_channels`). Grey images saved as RGB (three equal channels)
+are read as one channel. Picking ``bands`` other than ``(0, 1, 2)`` drops the mark.
+
 Value kinds:
 
 ``uint8`` / ``uint16``   display-scaled integers (JPEG chips, ``Patch_Uint8``)
@@ -32,6 +38,7 @@ import numpy as np
 
 import lightning_sarclip.data.formats  # noqa: F401  (registers raw MSTAR and MATLAB .mat)
 from lightning_sarclip.data.image import (
+    COLOUR_KEY,
     KINDS,
     SARImage,
     SARReadError,
@@ -44,7 +51,7 @@ from lightning_sarclip.data.image import (
 from lightning_sarclip.data.limits import check_image_pixels, check_member_bytes, get_limits
 from lightning_sarclip.data.records import MEMBER_SEP, ImageRef
 
-__all__ = ["KINDS", "SARImage", "SARReadError", "crop_window", "format_of", "list_formats", "open_member", "read_bytes", "ZIP_ERRORS",
+__all__ = ["COLOUR_KEY", "KINDS", "SARImage", "SARReadError", "crop_window", "format_of", "list_formats", "open_member", "read_bytes", "ZIP_ERRORS",
            "read_sar", "register_format", "safe_member"]
 
 def safe_member(member: str, archive: str) -> str:
@@ -202,6 +209,8 @@ def read_sar(ref: ImageRef) -> SARImage:
         if max(ref.bands) >= image.channels:
             raise SARReadError(f"{ref.name}: asked for bands {ref.bands} but the image has {image.channels}")
         image.data = image.data[:, :, list(ref.bands)]
+        if tuple(ref.bands) != (0, 1, 2):
+            image.meta.pop(COLOUR_KEY, None)  # picked bands are bands, not a colour image any more
     if ref.window is not None:
         image.data = crop_window(image.data, ref.window, ref.name)
     return image
@@ -242,9 +251,13 @@ def _read_pillow(data: bytes, ref: ImageRef) -> SARImage:
             array = np.asarray(image, dtype=np.uint16)
         else:
             array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] == 3 and _is_grey(array):
-        array = array[:, :, :1]  # SAR chips saved as RGB with three equal channels
-    return SARImage(array, kind_of_integer(array, ref.name))
+    meta = {}
+    if array.ndim == 3 and array.shape[2] == 3:
+        if _is_grey(array):
+            array = array[:, :, :1]  # SAR chips saved as RGB with three equal channels
+        else:
+            meta[COLOUR_KEY] = "rgb"  # Pillow's 3 channels are always R, G, B (palette and YCbCr converted above)
+    return SARImage(array, kind_of_integer(array, ref.name), meta)
 
 
 def _is_grey(array: np.ndarray) -> bool:
@@ -301,6 +314,8 @@ def _read_tiff(data: bytes, ref: ImageRef) -> SARImage:
         meta = {}
         if tif.is_geotiff:
             meta["geotiff"] = True
+        if series.keyframe.photometric == tifffile.PHOTOMETRIC.RGB and bands == 3:
+            meta[COLOUR_KEY] = "rgb"  # the file says so; a 3-band SAR stack is written MINISBLACK
     if band_axis == "first":
         array = np.moveaxis(array, 0, -1)
     return SARImage(array, kind_of_integer(array, ref.name), meta)

@@ -34,14 +34,14 @@ from lightning_sarclip.data.detection import detection_pairs
 from lightning_sarclip.data.io import read_sar
 from lightning_sarclip.data.records import SARRecord
 from lightning_sarclip.data.sources.base import SARSource, get_source
-from lightning_sarclip.data.transforms import build_policy, resize_square, to_model_channels
+from lightning_sarclip.data.transforms import build_policy, model_array, resize_square
 
 __all__ = ["DETECTION_MODES", "SourceListing", "model_input", "sized_input"]
 
 
 def source_array(record: SARRecord, policy: Any, in_chans: int) -> np.ndarray:
     """``record``'s image converted by ``policy`` to ``(in_chans, H, W)`` in [0, 1], at its own size."""
-    return to_model_channels(policy(read_sar(record.image)), in_chans, record.image.name)
+    return model_array(read_sar(record.image), policy, in_chans)
 
 
 def model_input(record: SARRecord, policy: Any, image_size: int, in_chans: int) -> torch.Tensor:

@@ -22,7 +22,12 @@ with 0 before the conversion and adds the count to ``image.meta["nonfinite_repla
 A policy never returns a non-finite value.
 
 Complex SLC data become amplitude first. :func:`to_model_channels` then picks or maps channels to ``in_chans``
-and :func:`resize_square` brings the image to the model's size. The model side (channel replication to RGB and
+and :func:`resize_square` brings the image to the model's size. Three channels mean two different things: a
+polarimetric stack (HH, HV, VV ...) gives a single-pol model its first, co-pol channel, while a colour image (an
+optical RS picture, an RGB JPEG: the reader marks it, :func:`~lightning_sarclip.data.image.is_colour`) gives it
+its luminance (ITU-R BT.601, as torchvision's ``rgb_to_grayscale``), and a dual-pol model that luminance twice
+(as a single-pol image in a dual-pol run). :func:`model_array` is policy plus channels, with that choice made
+from the image itself: every path that reads images uses it. The model side (channel replication to RGB and
 normalisation) is :class:`~lightning_sarclip.models.sar_stem.SARInputAdapter`.
 """
 
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lightning_sarclip.data.image import is_colour
 from lightning_sarclip.data.io import SARImage, SARReadError
 
 _EPS = 1e-10
@@ -236,17 +242,40 @@ def build_policy(spec: str | dict | None, default=None):
     return POLICIES[name](**spec)
 
 
-def to_model_channels(array: np.ndarray, in_chans: int, name: str = "image") -> np.ndarray:
-    """Bring ``(C, H, W)`` to ``in_chans`` channels: a single-pol model takes the first (co-pol) channel,
-    3 equal display channels collapse to 1; a dual-pol model needs two channels."""
+#: ITU-R BT.601 luma weights of R, G, B (what torchvision's ``rgb_to_grayscale`` and Pillow's ``convert("L")`` use)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def luminance(array: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` R, G, B in [0, 1] -> ``(1, H, W)`` luminance (float32)."""
+    red, green, blue = LUMA_WEIGHTS
+    return (red * array[0] + green * array[1] + blue * array[2])[None].astype(np.float32)
+
+
+def to_model_channels(array: np.ndarray, in_chans: int, name: str = "image", colour: bool = False) -> np.ndarray:
+    """Bring ``(C, H, W)`` to ``in_chans`` channels.
+
+    A colour image (``colour``: its reader said R, G, B) becomes its luminance for a one-channel model, and that
+    luminance twice for a dual-pol one; a 3-channel model takes it as it is. Otherwise the channels are bands: a
+    single-pol model takes the first (co-pol) one, a dual-pol model the first two.
+    """
     channels = array.shape[0]
     if channels == in_chans:
         return array
+    if colour and channels == 3 and in_chans in (1, 2):
+        grey = luminance(array)
+        return grey if in_chans == 1 else np.concatenate([grey, grey])
     if in_chans == 1:
         return array[:1]
     if in_chans == 2 and channels > 2:
         return array[:2]
     raise ValueError(f"{name}: the model takes {in_chans} channels but the image has {channels}")
+
+
+def model_array(image: SARImage, policy, in_chans: int) -> np.ndarray:
+    """``image`` converted by ``policy`` and brought to ``in_chans`` channels, as colour or as bands by what its
+    reader found (the one step from a read image to a model array; sizing is :func:`resize_square`)."""
+    return to_model_channels(policy(image), in_chans, image.name, colour=is_colour(image))
 
 
 def resize_square(array: np.ndarray, size: int) -> torch.Tensor:

@@ -47,8 +47,8 @@ from lightning_sarclip.data.transforms import (
     IntegerScale,
     PercentileStretch,
     build_policy,
+    model_array,
     resize_square,
-    to_model_channels,
 )
 from lightning_sarclip.models.checkpoints import lightning_hyperparameters, read_checkpoint
 from lightning_sarclip.training.datamodules import SARDataModule
@@ -131,7 +131,7 @@ class ImageFolderDataset(Dataset):
         ref = self.refs[index]
         image = read_sar(ref)
         policy = self.policy or auto_policy(image)
-        array = to_model_channels(policy(image), self.in_chans, ref.name)
+        array = model_array(image, policy, self.in_chans)
         return resize_square(array, self.image_size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
