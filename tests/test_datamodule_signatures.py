@@ -31,8 +31,8 @@ from tests.conftest import REPO_ROOT, TEST_ARCH
 OWN_PARAMETERS: dict[type[SARDataModule], list[str]] = {
     SyntheticSARDataModule: ["num_train", "num_val", "num_test", "n_captions", "looks", "seed",
                              "batch_size", "image_size"],
-    SourceDataModule: ["source", "root", "n_captions", "seed", "caption_styles", "policy", "source_options",
-                       "detection", "split_fractions", "split_seed", "split_group_by", "augment",
+    SourceDataModule: ["source", "root", "n_captions", "seed", "caption_styles", "drop_prompt_like", "policy",
+                       "source_options", "detection", "split_fractions", "split_seed", "split_group_by", "augment",
                        "cache_images"],
     CorpusDataModule: ["root", "variant", "source_weights", "samples_per_epoch", "augment", "eval_captions", "seed"],
     ImageFolderPredictDataModule: ["folder", "recursive", "extensions", "image_size", "policy", "detect_mstar"],

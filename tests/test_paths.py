@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from lightning_sarclip.data.captions import STYLES
-from lightning_sarclip.data.corpus import decode_png, read_shard, store_pixels
+from lightning_sarclip.data.corpus import corpus_captioner, decode_png, read_shard, store_pixels
 from lightning_sarclip.data.listing import SourceListing, model_input
 from lightning_sarclip.data.records import SARRecord
 from lightning_sarclip.data.source_dataset import SourceDataset
@@ -451,7 +451,7 @@ def test_build_corpus_stores_the_listing_conversion_and_captions(index, corpus):
     for split in spec.splits or list(get_source(spec.name).splits):
         listing = SourceListing(spec.name, root, split, options=spec.options, policy=spec.policy,
                                 detection=spec.detection)
-        captioner = listing.captioner(config.caption_styles, spec.n_captions, config.seed)
+        captioner = corpus_captioner(config, spec, listing)
         for record in listing.records():
             row = rows.get((record.source, record.source_id))
             assert row is not None, f"{record.key} is not in the corpus"

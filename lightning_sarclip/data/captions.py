@@ -10,20 +10,34 @@ SARVLM-1M writes four caption styles (paper §1.3) and we follow them:
 Object styles need ``record.metadata["objects"]`` (written by the detection-to-pairs step: a list of
 ``{"label", "count", "position", "size"}``); label-only records (chips) get ``general`` captions plus
 *enriched* ones that add the metadata the reader lists in its ``caption_fields`` (MSTAR serial and angles,
-OpenSARShip AIS type, sensor, band, resolution ...). Records that ship captions (SARLANG-1M, user tables) keep
-them as they are and are only topped up by templates when they have fewer than ``n_captions``.
+OpenSARShip AIS type, sensor, band, resolution ...).
+
+Records that ship captions (SARLANG-1M, user tables) keep them as they are, each once: with fewer than
+``n_captions`` they are topped up by *different* template captions where the record has something to template
+from (labels, objects, caption metadata), and otherwise stay fewer (SARLANG-1M's images have one to five captions;
+repeating one to fill five would count it five times in the corpus and weigh it five times in retrieval). Only
+records without shipped captions are filled to ``n_captions`` by cycling their generated ones when the banks run
+out of distinct sentences.
 
 Why so many phrasings: a contrastive model overfits the few fixed sentence frames of a small template bank and
 then matches frames instead of content; several banks per style, articles/plurals, numbers as words or digits and
-random metadata subsets give N different captions per image. The zero-shot evaluation prompts
-(:mod:`lightning_sarclip.data.templates`) are held out: a generated caption that equals one of them filled with
-the record's class name is dropped, so zero-shot numbers measure paraphrase understanding, not memorised prompts.
+random metadata subsets give N different captions per image.
+
+``drop_prompt_like`` (on by default, and in our recipes): the zero-shot evaluation prompts
+(:mod:`lightning_sarclip.data.templates`) are held out, i.e. a generated caption that equals one of them filled
+with the record's class name is dropped, so zero-shot numbers measure paraphrase understanding, not memorised
+prompts. SARVLM-1M does the opposite: its ``general`` captions are the prompt form itself ("A SAR image of ship."),
+so a model trained on it has seen its zero-shot prompts during training. This is one reason our zero-shot numbers
+differ from the paper's; ``drop_prompt_like: false`` (the paper mode) keeps such captions. Shipped captions are
+never filtered.
 
 Everything is deterministic per ``(seed, record.key)`` (a BLAKE2 hash, not Python's salted ``hash``), so a
 record's captions are the same in every worker and every run.
 
 An optional ``rewriter`` (e.g. a local LLM that paraphrases) runs last; it is off by default, because it makes
-the corpus depend on a model and on its sampling. It must return as many non-empty strings as it was given.
+the corpus depend on a model and on its sampling. It must return as many non-empty strings as it was given
+(:func:`checked_rewrite`). ``build-corpus`` configures one by class path and caches its answers on disk
+(:mod:`lightning_sarclip.data.rewriters`).
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ __all__ = [
     "STYLES",
     "Captioner",
     "article",
+    "checked_rewrite",
     "held_out_prompts",
     "plural",
     "pretty_classname",
@@ -352,6 +367,8 @@ class Captioner:
             caption fields); sources without one read with :data:`PLAIN_VOCABULARY`.
         rewriter: optional ``(record, captions) -> captions`` applied last (e.g. an LLM paraphraser); must return
             the same number of non-empty strings.
+        drop_prompt_like: drop generated captions that equal a zero-shot prompt filled with the record's class
+            name (see the module docstring; ``False`` is the paper's behaviour).
     """
 
     def __init__(
@@ -363,6 +380,7 @@ class Captioner:
         metadata_fields: Sequence[str] | None = None,
         rewriter: Rewriter | None = None,
         vocabularies: Mapping[str, CaptionVocabulary] | None = None,
+        drop_prompt_like: bool = True,
     ) -> None:
         styles = tuple(styles)
         unknown = [s for s in styles if s not in STYLES]
@@ -372,6 +390,9 @@ class Captioner:
             raise ValueError(f"Captioner: n_captions must be >= 1, got {n_captions}")
         if rewriter is not None and not callable(rewriter):
             raise ValueError(f"Captioner: rewriter must be callable, got {type(rewriter).__name__}")
+        if not isinstance(drop_prompt_like, bool):
+            raise ValueError(f"Captioner: drop_prompt_like must be true or false, got {drop_prompt_like!r}")
+        self.drop_prompt_like = drop_prompt_like
         self.styles = styles
         self.n_captions = n_captions
         self.seed = seed
@@ -384,8 +405,9 @@ class Captioner:
 
     # ------------------------------------------------------------------ public
     def captions(self, record: SARRecord) -> list[str]:
-        """Captions of ``record``: its own (topped up to ``n_captions`` by templates), or ``n_captions``
-        generated ones; then the rewriter, if any."""
+        """Captions of ``record``: its own, each once (topped up towards ``n_captions`` by different template
+        captions where it has labels, objects or caption metadata), or ``n_captions`` generated ones; then the
+        rewriter, if any."""
         return [text for text, _ in self.captions_with_styles(record)]
 
     def captions_with_styles(self, record: SARRecord) -> list[tuple[str, str]]:
@@ -405,7 +427,8 @@ class Captioner:
                     f"{record.key}: nothing to caption (no captions, labels, objects or caption metadata); "
                     "the source must provide at least one of them"
                 )
-            out = [out[i % len(out)] for i in range(max(self.n_captions, len(shipped)))]
+            if not shipped:  # generated only: cycled to n_captions; shipped captions are never repeated
+                out = [out[i % len(out)] for i in range(self.n_captions)]
         texts = self._rewrite(record, [text for text, _ in out])
         return [(text, style) for text, (_, style) in zip(texts, out, strict=True)]
 
@@ -428,22 +451,13 @@ class Captioner:
     def _rewrite(self, record: SARRecord, captions: list[str]) -> list[str]:
         if self.rewriter is None:
             return captions
-        rewritten = self.rewriter(record, list(captions))
-        if not isinstance(rewritten, (list, tuple)) or len(rewritten) != len(captions):
-            raise ValueError(
-                f"{record.key}: rewriter must return a list of {len(captions)} captions, got "
-                f"{type(rewritten).__name__} of length {len(rewritten) if hasattr(rewritten, '__len__') else '?'}"
-            )
-        bad = [c for c in rewritten if not isinstance(c, str) or not c.strip()]
-        if bad:
-            raise ValueError(f"{record.key}: rewriter returned empty or non-string captions: {bad!r}")
-        return [c.strip() for c in rewritten]
+        return checked_rewrite(record, captions, self.rewriter(record, list(captions)))
 
     def _generate(self, record: SARRecord, rng: random.Random, n: int, exclude: set[str]) -> list[tuple[str, str]]:
         objects = _objects_of(record)
         details = self._details(record)
         labels = tuple(record.labels) + tuple(o.label for o in objects or ())
-        held_out = held_out_prompts(tuple(dict.fromkeys(labels)))
+        held_out = held_out_prompts(tuple(dict.fromkeys(labels))) if self.drop_prompt_like else frozenset()
         pools: list[list[tuple[str, str]]] = []
         for style in self._styles_for(record, objects, details):
             pool: list[str] = []
@@ -542,6 +556,20 @@ class Captioner:
             "be": "is" if group.count == 1 else "are",
             "location": _LOCATION[group.position],
         }
+
+
+def checked_rewrite(record: SARRecord, captions: Sequence[str], rewritten: Any, who: str = "rewriter") -> list[str]:
+    """``rewritten`` (what a rewriter returned for ``captions``) stripped, or a ``ValueError`` naming the record
+    when it is not one non-empty string per caption."""
+    if not isinstance(rewritten, (list, tuple)) or len(rewritten) != len(captions):
+        raise ValueError(
+            f"{record.key}: {who} must return a list of {len(captions)} captions, got "
+            f"{type(rewritten).__name__} of length {len(rewritten) if hasattr(rewritten, '__len__') else '?'}"
+        )
+    bad = [c for c in rewritten if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise ValueError(f"{record.key}: {who} returned empty or non-string captions: {bad!r}")
+    return [c.strip() for c in rewritten]
 
 
 def _relations(objects: Iterable[ObjectGroup]) -> list[tuple[ObjectGroup, ObjectGroup, str]]:

@@ -134,6 +134,7 @@ __all__ = [
     "content_hash",
     "content_key",
     "convert_record",
+    "corpus_captioner",
     "corpus_stats",
     "decide",
     "decode_png",
@@ -328,9 +329,17 @@ class BuildState:
         return sum(s.get("nonfinite_replaced", 0) for s in self.shards)
 
 
+#: Settings added after corpora were built, left out of the config hash at their default (which is what those
+#: corpora were built with), so that existing builds still resume and finalise.
+_HASHED_UNLESS_DEFAULT = {"drop_prompt_like": True}
+
+
 def _config_hash(config: CorpusConfig) -> str:
     payload = asdict(config)
     payload.pop("progress_every", None)
+    for name, default in _HASHED_UNLESS_DEFAULT.items():
+        if payload.get(name) == default:
+            payload.pop(name)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -477,7 +486,7 @@ def _make_row(
     vocabulary = listing.vocabulary
     wording = (listing.source, spec.n_captions, vocabulary.fields, tuple(sorted(vocabulary.nouns.items())))
     if wording not in captioners:
-        captioners[wording] = listing.captioner(config.caption_styles, spec.n_captions, config.seed)
+        captioners[wording] = corpus_captioner(config, spec, listing)
     pixels, nonfinite = convert_record(record, listing.policy, config.max_side)
     captions, styles = captions_and_styles(captioners[wording], record)
     return {
@@ -497,6 +506,12 @@ def _make_row(
         "nonfinite_replaced": nonfinite,
     }
 
+
+
+def corpus_captioner(config: CorpusConfig, spec: CorpusSource, listing: SourceListing) -> Captioner:
+    """The captioner of ``spec``'s records: the config's styles, seed and prompt filter, the source's vocabulary."""
+    return listing.captioner(config.caption_styles, spec.n_captions, config.seed,
+                             drop_prompt_like=config.drop_prompt_like)
 
 
 def captions_and_styles(captioner: Captioner, record: SARRecord) -> tuple[list[str], list[str]]:

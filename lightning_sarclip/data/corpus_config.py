@@ -85,11 +85,16 @@ class CorpusSource:
 
 @dataclass
 class CorpusConfig:
-    """What to build: ``output`` folder, ``sources``, captioning, storage and de-duplication settings."""
+    """What to build: ``output`` folder, ``sources``, captioning, storage and de-duplication settings.
+
+    Captioning: ``caption_styles``, ``seed`` and ``drop_prompt_like`` (drop generated captions that equal a
+    zero-shot prompt; on in our recipes, off in the paper's mode: see :mod:`lightning_sarclip.data.captions`).
+    """
 
     output: str
     sources: list[CorpusSource]
     caption_styles: list[str] = field(default_factory=lambda: ["general", "complex", "absolute", "relative"])
+    drop_prompt_like: bool = True
     seed: int = 0
     max_side: int = 256
     shard_size: int = 1000
@@ -164,6 +169,8 @@ def _settings_problems(config: CorpusConfig) -> list[str]:
         problems.append(f"caption_styles: expected a non-empty list of styles from {list(STYLES)}, got {styles!r}")
     if not _is_int(config.seed):
         problems.append(f"seed: expected an integer, got {config.seed!r}")
+    if not isinstance(config.drop_prompt_like, bool):
+        problems.append(f"drop_prompt_like: expected true or false, got {config.drop_prompt_like!r}")
     # max_side bounds every stored image; shard_size bounds the rows held in memory.
     problems += _int_problems("max_side", config.max_side, MIN_MAX_SIDE)
     problems += _int_problems("shard_size", config.shard_size, 1)

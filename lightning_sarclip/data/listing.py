@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_sarclip.data.captions import STYLES, Captioner, CaptionVocabulary
+from lightning_sarclip.data.captions import STYLES, Captioner, CaptionVocabulary, Rewriter
 from lightning_sarclip.data.detection import MODES as DETECTION_MODES
 from lightning_sarclip.data.detection import detection_pairs
 from lightning_sarclip.data.io import read_sar
@@ -117,10 +117,11 @@ class SourceListing:
             records = detection_pairs(records, mode=self.detection)
         return records
 
-    def captioner(self, styles: Sequence[str] = STYLES, n_captions: int = 5, seed: int = 0) -> Captioner:
-        """A captioner that knows this source's vocabulary."""
-        return Captioner(styles=tuple(styles), n_captions=n_captions, seed=seed,
-                         vocabularies={self.source: self.vocabulary})
+    def captioner(self, styles: Sequence[str] = STYLES, n_captions: int = 5, seed: int = 0, *,
+                  drop_prompt_like: bool = True, rewriter: Rewriter | None = None) -> Captioner:
+        """A captioner that knows this source's vocabulary (the other arguments: see :class:`Captioner`)."""
+        return Captioner(styles=tuple(styles), n_captions=n_captions, seed=seed, rewriter=rewriter,
+                         vocabularies={self.source: self.vocabulary}, drop_prompt_like=drop_prompt_like)
 
     def load_image(self, record: SARRecord, image_size: int, in_chans: int) -> torch.Tensor:
         """``record``'s model input, converted with this listing's policy."""

@@ -48,13 +48,16 @@ class SourceDataset(Dataset):
         split: ``train``, ``val``, ``test`` or ``all``.
         image_size: side of the square images returned.
         in_chans: channels returned (1 single-pol, 2 dual-pol).
-        n_captions: captions per item (padded by cycling, or cut).
+        n_captions: captions per item (padded by cycling, or cut: evaluation batches need a fixed number; the
+            captioner itself never repeats shipped captions).
         seed: caption seed.
         caption_styles: styles of the captioner.
         policy: conversion policy spec overriding the reader instance's ``default_policy``.
         source_options: extra keyword arguments of the source's constructor.
         detection: detection sources as ``whole`` images, object ``chips`` or ``both``.
         classnames: class list fixing label indices; default: the reader's class names, else the sorted labels seen.
+        drop_prompt_like: drop generated captions that equal a zero-shot prompt (see
+            :mod:`lightning_sarclip.data.captions`).
     """
 
     def __init__(
@@ -71,10 +74,11 @@ class SourceDataset(Dataset):
         source_options: dict[str, Any] | None = None,
         detection: str = "whole",
         classnames: Sequence[str] | None = None,
+        drop_prompt_like: bool = True,
     ) -> None:
         listing = SourceListing(source, root, split, options=source_options, policy=policy, detection=detection)
-        self._setup(listing, list(listing.records()), split, image_size, in_chans,
-                    listing.captioner(caption_styles, n_captions, seed), n_captions, classnames)
+        captioner = listing.captioner(caption_styles, n_captions, seed, drop_prompt_like=drop_prompt_like)
+        self._setup(listing, list(listing.records()), split, image_size, in_chans, captioner, n_captions, classnames)
 
     @classmethod
     def from_listing(

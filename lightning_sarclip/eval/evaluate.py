@@ -110,7 +110,9 @@ class DatasetSpec:
         source_options: extra arguments of the source reader (``{product: Patch_Cal}``; for ``corpus``:
             ``variant`` and ``sources``).
         policy: conversion policy overriding the source's default.
-        n_captions: generated captions per image for retrieval (captions a dataset ships are all kept).
+        n_captions: generated captions per image for retrieval (captions a dataset ships are all kept, each once).
+        drop_prompt_like: drop generated retrieval captions that equal a zero-shot prompt (as in training; see
+            :mod:`lightning_sarclip.data.captions`).
         max_images: evaluate a seeded random subset of this many images.
         batch_size: images (and captions) per forward pass.
         seed: seed of the subset and of generated captions.
@@ -136,6 +138,7 @@ class DatasetSpec:
     source_options: dict[str, Any] = field(default_factory=dict)
     policy: str | dict | None = None
     n_captions: int = 5
+    drop_prompt_like: bool = True
     max_images: int | None = None
     batch_size: int = 64
     probes: list[str] = field(default_factory=list)
@@ -350,7 +353,8 @@ def _prepare_source(spec: DatasetSpec, image_size: int, in_chans: int) -> Prepar
         raise ValueError(f"dataset {spec.name!r}: source {spec.source!r} at {spec.root} has no images in split "
                          f"{spec.split!r}")
     dataset = SourceDataset.from_listing(listing, records, spec.split, image_size=image_size, in_chans=in_chans,
-                                         captioner=listing.captioner(n_captions=spec.n_captions, seed=spec.seed),
+                                         captioner=listing.captioner(n_captions=spec.n_captions, seed=spec.seed,
+                                                                     drop_prompt_like=spec.drop_prompt_like),
                                          n_captions=spec.n_captions, classnames=listing.classnames or None)
     labels = [r.label if len(r.labels) == 1 or spec.multi_label == "skip" else (r.labels[0] if r.labels else None)
               for r in records]

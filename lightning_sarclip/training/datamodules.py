@@ -356,6 +356,8 @@ class SourceDataModule(SARDataModule):
         n_captions: captions per image (evaluation batches carry all of them).
         seed: caption seed (captions are fixed per image and seed).
         caption_styles: caption styles of :class:`~lightning_sarclip.data.captions.Captioner`.
+        drop_prompt_like: drop generated captions that equal a zero-shot prompt filled with the class name (our
+            default; ``false`` keeps them, as SARVLM-1M does: see :mod:`lightning_sarclip.data.captions`).
         policy: conversion policy spec overriding the source's default (``"db_window"``, ``{"name": ...}``).
         source_options: extra keyword arguments of the source's constructor (e.g. ``{"image_column": "path"}``).
         detection: detection sources (HRSID, SARDet-100K ...) as ``whole`` images captioned with their objects'
@@ -387,6 +389,7 @@ class SourceDataModule(SARDataModule):
         n_captions: int = 5,
         seed: int = 0,
         caption_styles: tuple[str, ...] = ("general", "complex", "absolute", "relative"),
+        drop_prompt_like: bool = True,
         policy: str | dict | None = None,
         source_options: dict[str, Any] | None = None,
         detection: str = "whole",
@@ -407,6 +410,9 @@ class SourceDataModule(SARDataModule):
             raise ValueError(f"detection must be one of {DETECTION_MODES}, got {detection!r}")
         self.source_cls = get_source(source)  # unknown names fail at construction, before any training
         self.caption_styles = tuple(caption_styles)
+        if not isinstance(drop_prompt_like, bool):
+            raise ValueError(f"drop_prompt_like: expected true or false, got {drop_prompt_like!r}")
+        self.drop_prompt_like = drop_prompt_like
         self.split_fractions = check_fractions(split_fractions, "split_fractions")
         if isinstance(split_seed, bool) or not isinstance(split_seed, int):
             raise ValueError(f"split_seed: expected an integer, got {split_seed!r}")
@@ -506,7 +512,7 @@ class SourceDataModule(SARDataModule):
     def build_dataset(self, split: str) -> Dataset:
         records = self._served()[self.source_split(split)]
         captioner = self.listing.captioner(self.caption_styles, self.dataset_kwargs["n_captions"],
-                                           self.dataset_kwargs["seed"])
+                                           self.dataset_kwargs["seed"], drop_prompt_like=self.drop_prompt_like)
         return SourceDataset.from_listing(self.listing, records, split, image_size=self.image_size,
                                           in_chans=self.in_chans, captioner=captioner,
                                           n_captions=self.dataset_kwargs["n_captions"], classnames=self._classnames,

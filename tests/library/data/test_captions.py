@@ -132,8 +132,38 @@ def test_shipped_captions_are_kept_and_topped_up():
     assert captions[:2] == own and len(captions) == 4 and len(set(captions)) == 4
     many = [f"caption {i}" for i in range(7)]
     assert Captioner(n_captions=4).captions(record(captions=many)) == many
-    # Nothing to template from: the shipped caption is repeated.
-    assert Captioner(n_captions=3).captions(record(captions=["Only one."])) == ["Only one."] * 3
+    # Nothing to template from: the shipped captions stay as they are, each once (never repeated to n_captions).
+    assert Captioner(n_captions=3).captions(record(captions=["Only one."])) == ["Only one."]
+    assert Captioner(n_captions=5).captions_with_styles(record(captions=["One.", "Two."])) == [
+        ("One.", "source"), ("Two.", "source")]
+    # Generated top-ups differ from the shipped captions and from each other.
+    topped = Captioner(n_captions=5, styles=("general",)).captions(record(["ship"], captions=["A ship at sea."]))
+    assert topped[0] == "A ship at sea." and len(topped) == len(set(topped)) == 5
+
+
+def test_generated_only_records_still_get_n_captions():
+    # a one-template bank runs out of distinct sentences: cycled to n_captions, as before
+    captioner = Captioner(template_banks={"general": ["Radar chip with {subject}."]}, styles=("general",),
+                          n_captions=4)
+    captions = captioner.captions(record(["BMP2"]))
+    assert len(captions) == 4 and set(captions) <= {"Radar chip with a BMP2.", "Radar chip with the BMP2."}
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_drop_prompt_like_is_a_setting(drop):
+    """The paper's own caption form equals a zero-shot prompt: dropped by default, kept with the option off."""
+    banks = {"general": ["A SAR image of {subject}.", "Radar chip with {subject}."]}
+    prompt_like = {"a sar image of a ship.", "a sar image of the ship."}
+    seen = set()
+    for seed in range(12):
+        captioner = Captioner(template_banks=banks, styles=("general",), n_captions=4, seed=seed,
+                              drop_prompt_like=drop)
+        seen |= {c.lower() for c in captioner.captions(record(["ship"], source_id=str(seed)))}
+    assert bool(seen & prompt_like) is not drop
+    assert seen - prompt_like  # the other template is always there
+    assert Captioner().drop_prompt_like is True
+    with pytest.raises(ValueError, match="drop_prompt_like"):
+        Captioner(drop_prompt_like="no")
 
 
 def test_negative_images_and_empty_records():
