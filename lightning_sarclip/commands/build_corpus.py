@@ -25,10 +25,13 @@ def config_from_args(args: list[str]) -> CorpusConfig:
 
 
 def status_line(summary: dict[str, Any]) -> str:
-    """The one-line result: counts, decisions, variants, replaced non-finite pixels and the output folder."""
+    """The one-line result: counts, decisions, variants, replaced non-finite pixels, the caption rewriter's calls and
+    cached answers (when the config has one) and the output folder."""
+    rewriter = summary.get("rewriter")
+    rewrites = f", rewriter {rewriter['calls']} calls + {rewriter['cached']} cached" if rewriter else ""
     return (f"{summary['images']} images, {summary['pairs']} pairs, status {summary['status']}, "
-            f"variants {summary['variants']}, {summary['nonfinite_pixels_replaced']} non-finite pixels replaced "
-            f"-> {summary['output']}")
+            f"variants {summary['variants']}, {summary['nonfinite_pixels_replaced']} non-finite pixels replaced"
+            f"{rewrites} -> {summary['output']}")
 
 
 def main(args: list[str]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ Output folder::
     variants/<name>.parquet        the kept pairs of each held-out variant (e.g. without MSTAR)
     stats.md                       per-source table shaped like the paper's (train/val images and captions, test pairs)
     build_state.json               progress, for resuming
+    rewriter_cache/                the caption rewriter's answers, when the config has one (``rewriter_cache``
+                                   puts them elsewhere; :mod:`~lightning_sarclip.data.rewriters`)
 
 The build is three modules, one job each (the names that moved out of this one are importable from here too):
 
@@ -37,7 +39,8 @@ How it works, and why:
 1. **Stream and store.** Sources are read in config order, records in each reader's deterministic order. Each image
    is read once, converted by its source's policy to [0, 1], bounded to ``max_side``, stored as an 8-bit PNG
    (1 channel ``L``, colour images as their luminance; 2 channels VV/VH as ``LA``), hashed (``image_hash``: BLAKE2b of the stored pixels;
-   ``phash``: 64-bit DCT perceptual hash) and captioned. Shards are written to a temporary name and renamed, and
+   ``phash``: 64-bit DCT perceptual hash) and captioned (then rewritten, when the config names a ``rewriter``:
+   each answer is cached on disk, so a resumed build or a rebuild with the same cache does not ask again). Shards are written to a temporary name and renamed, and
    ``build_state.json`` is replaced atomically after each shard (:mod:`lightning_sarclip.utils.atomic`). A
    killed build resumes by key (:mod:`~lightning_sarclip.data.corpus_resume`): each finished shard's
    ``.meta.parquet`` side file holds its rows' keys and a fingerprint of each record (path, split, labels,
@@ -107,6 +110,7 @@ from lightning_sarclip.data.image import is_colour
 from lightning_sarclip.data.io import read_sar
 from lightning_sarclip.data.listing import SourceListing
 from lightning_sarclip.data.records import SARRecord, metadata_json_default
+from lightning_sarclip.data.rewriters import CachedRewriter
 from lightning_sarclip.data.transforms import model_array
 from lightning_sarclip.utils.atomic import atomic_open, atomic_path, remove_stale_temps
 
@@ -135,6 +139,7 @@ __all__ = [
     "content_key",
     "convert_record",
     "corpus_captioner",
+    "corpus_rewriter",
     "corpus_stats",
     "decide",
     "decode_png",
@@ -331,12 +336,13 @@ class BuildState:
 
 #: Settings added after corpora were built, left out of the config hash at their default (which is what those
 #: corpora were built with), so that existing builds still resume and finalise.
-_HASHED_UNLESS_DEFAULT = {"drop_prompt_like": True}
+_HASHED_UNLESS_DEFAULT = {"drop_prompt_like": True, "rewriter": None}
 
 
 def _config_hash(config: CorpusConfig) -> str:
     payload = asdict(config)
     payload.pop("progress_every", None)
+    payload.pop("rewriter_cache", None)  # where answers are kept changes no caption
     for name, default in _HASHED_UNLESS_DEFAULT.items():
         if payload.get(name) == default:
             payload.pop(name)
@@ -388,13 +394,14 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     out = Path(config.output)
     started = time.perf_counter()
     written = resumed = 0
+    rewriter = corpus_rewriter(config)
     if not state.finished:
         plan = resume_plan(out, state.shards, survey_sources(config, fingerprints=bool(state.shards)))
         resumed = int(plan.written.sum())
         if resumed:
             log.info("build-corpus: resuming, %d of %d listed records are stored already", resumed, len(plan.keys))
         (out / "shards").mkdir(parents=True, exist_ok=True)
-        written = _store_records(out, config, state, plan)
+        written = _store_records(out, config, state, plan, rewriter)
         _remove_unfinished_shards(out, state)
         state.finished = True
         _save_state(out, state)
@@ -402,11 +409,22 @@ def build_corpus(config: CorpusConfig) -> dict[str, Any]:
     summary["images_this_run"] = written
     summary["images_already_stored"] = resumed
     summary["nonfinite_pixels_replaced"] = state.nonfinite_replaced
+    if rewriter is not None:
+        summary["rewriter"] = {"calls": rewriter.calls, "cached": rewriter.hits, "cache": str(rewriter.folder)}
     summary["seconds"] = time.perf_counter() - started
     return summary
 
 
-def _store_records(out: Path, config: CorpusConfig, state: BuildState, plan: ResumePlan) -> int:
+def corpus_rewriter(config: CorpusConfig) -> CachedRewriter | None:
+    """The config's caption rewriter behind its cache (``rewriter_cache``, else ``<output>/rewriter_cache``);
+    nothing is loaded until a caption is not in the cache."""
+    if config.rewriter is None:
+        return None
+    return CachedRewriter(config.rewriter, config.rewriter_cache or Path(config.output) / "rewriter_cache")
+
+
+def _store_records(out: Path, config: CorpusConfig, state: BuildState, plan: ResumePlan,
+                   rewriter: CachedRewriter | None = None) -> int:
     """Convert, caption and store every listed record that no finished shard holds; returns how many."""
     captioner_cache: dict[tuple, Captioner] = {}
     suffix = "arrow" if config.format == "arrow" else "tar"
@@ -418,7 +436,7 @@ def _store_records(out: Path, config: CorpusConfig, state: BuildState, plan: Res
         listed = position + 1
         if plan.written[position]:
             continue  # in a finished shard; listing records is cheap, pixels are not read
-        rows.append(_make_row(spec, record, listing, config, captioner_cache, key))
+        rows.append(_make_row(spec, record, listing, config, captioner_cache, key, rewriter))
         written += 1
         if len(rows) == config.shard_size:
             _flush(out, state, rows, suffix, config.format)
@@ -479,14 +497,15 @@ def _remove_unfinished_shards(out: Path, state: BuildState) -> None:
 
 
 def _make_row(
-    spec: CorpusSource, record: SARRecord, listing: SourceListing, config: CorpusConfig, captioners: dict, key: str
+    spec: CorpusSource, record: SARRecord, listing: SourceListing, config: CorpusConfig, captioners: dict, key: str,
+    rewriter: CachedRewriter | None = None,
 ) -> dict:
     """One shard row, plus ``record_fingerprint`` (side file only) and ``nonfinite_replaced`` (state only)."""
     # Keyed by what the captioner depends on: two roots of one source may resolve different vocabularies.
     vocabulary = listing.vocabulary
     wording = (listing.source, spec.n_captions, vocabulary.fields, tuple(sorted(vocabulary.nouns.items())))
     if wording not in captioners:
-        captioners[wording] = corpus_captioner(config, spec, listing)
+        captioners[wording] = corpus_captioner(config, spec, listing, rewriter)
     pixels, nonfinite = convert_record(record, listing.policy, config.max_side)
     captions, styles = captions_and_styles(captioners[wording], record)
     return {
@@ -508,10 +527,12 @@ def _make_row(
 
 
 
-def corpus_captioner(config: CorpusConfig, spec: CorpusSource, listing: SourceListing) -> Captioner:
-    """The captioner of ``spec``'s records: the config's styles, seed and prompt filter, the source's vocabulary."""
+def corpus_captioner(config: CorpusConfig, spec: CorpusSource, listing: SourceListing,
+                     rewriter: CachedRewriter | None = None) -> Captioner:
+    """The captioner of ``spec``'s records: the config's styles, seed and prompt filter, the source's vocabulary,
+    and the build's rewriter (:func:`corpus_rewriter`), if any."""
     return listing.captioner(config.caption_styles, spec.n_captions, config.seed,
-                             drop_prompt_like=config.drop_prompt_like)
+                             drop_prompt_like=config.drop_prompt_like, rewriter=rewriter)
 
 
 def captions_and_styles(captioner: Captioner, record: SARRecord) -> tuple[list[str], list[str]]:

@@ -7,7 +7,8 @@ because a build reads its sources for hours: a typo found at the last source wou
 sources before it, and leave a half-written output folder behind:
 
 * :func:`config_problems`: every value alone, without opening a file: types and ranges (``max_side``,
-  ``shard_size``, ``phash_distance`` ...), caption styles, the output format, each source entry's fields (a
+  ``shard_size``, ``phash_distance`` ...), caption styles, the caption rewriter (its class imported, not
+  constructed, and its arguments bound), the output format, each source entry's fields (a
   registered name, a root, options as a mapping, fractions that leave a train share, a known conversion policy,
   splits the reader has, each once), and ``held_out`` variants (file-safe names that hold out sources of this
   config: a misspelt one would hold out nothing).
@@ -29,6 +30,7 @@ from typing import Any
 
 from lightning_sarclip.data.captions import STYLES
 from lightning_sarclip.data.listing import DETECTION_MODES, SourceListing
+from lightning_sarclip.data.rewriters import rewriter_problems
 from lightning_sarclip.data.sources import get_source
 from lightning_sarclip.data.sources.base import DatasetNotFoundError, SourceFormatError
 from lightning_sarclip.data.transforms import build_policy
@@ -88,13 +90,15 @@ class CorpusConfig:
     """What to build: ``output`` folder, ``sources``, captioning, storage and de-duplication settings.
 
     Captioning: ``caption_styles``, ``seed`` and ``drop_prompt_like`` (drop generated captions that equal a
-    zero-shot prompt; on in our recipes, off in the paper's mode: see :mod:`lightning_sarclip.data.captions`).
+    zero-shot prompt; on in our recipes, off in the paper's mode: see :mod:`lightning_sarclip.data.captions`);
+    ``rewriter`` (``{class_path, init_args}``, an object with ``rewrite(record, captions) -> list[str]`` applied
+    last) and ``rewriter_cache`` (the folder of its answers, default ``<output>/rewriter_cache``; share one between
+    builds so that a rebuild elsewhere does not call it again): see :mod:`lightning_sarclip.data.rewriters`.
     """
 
     output: str
     sources: list[CorpusSource]
     caption_styles: list[str] = field(default_factory=lambda: ["general", "complex", "absolute", "relative"])
-    drop_prompt_like: bool = True
     seed: int = 0
     max_side: int = 256
     shard_size: int = 1000
@@ -102,6 +106,9 @@ class CorpusConfig:
     phash_distance: int = 3
     held_out: dict[str, list[str]] = field(default_factory=dict)
     progress_every: int = 1000
+    drop_prompt_like: bool = True
+    rewriter: dict[str, Any] | None = None
+    rewriter_cache: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -171,6 +178,10 @@ def _settings_problems(config: CorpusConfig) -> list[str]:
         problems.append(f"seed: expected an integer, got {config.seed!r}")
     if not isinstance(config.drop_prompt_like, bool):
         problems.append(f"drop_prompt_like: expected true or false, got {config.drop_prompt_like!r}")
+    problems += rewriter_problems(config.rewriter)
+    if config.rewriter_cache is not None and (not isinstance(config.rewriter_cache, str) or not config.rewriter_cache):
+        problems.append(f"rewriter_cache: expected null (<output>/rewriter_cache) or a folder, got "
+                        f"{config.rewriter_cache!r}")
     # max_side bounds every stored image; shard_size bounds the rows held in memory.
     problems += _int_problems("max_side", config.max_side, MIN_MAX_SIDE)
     problems += _int_problems("shard_size", config.shard_size, 1)
