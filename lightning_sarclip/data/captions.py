@@ -393,7 +393,7 @@ class Captioner:
         ``general``, ``enriched``, ``complex``, ``absolute``, ``relative``, ``negative``, ``metadata_only``).
         The corpus manifest records the style, and augmentation avoids flipping positional ones."""
         rng = self._rng(record)
-        shipped = [(c.strip(), "source") for c in record.captions if isinstance(c, str) and c.strip()]
+        shipped = self._shipped(record)
         if len(shipped) >= self.n_captions:
             out = shipped
         else:
@@ -405,9 +405,18 @@ class Captioner:
                     f"{record.key}: nothing to caption (no captions, labels, objects or caption metadata); "
                     "the source must provide at least one of them"
                 )
-            out = [out[i % len(out)] for i in range(max(self.n_captions, len(shipped)))]
+            out = [out[i % len(out)] for i in range(self.caption_count(record))]
         texts = self._rewrite(record, [text for text, _ in out])
         return [(text, style) for text, (_, style) in zip(texts, out, strict=True)]
+
+    def caption_count(self, record: SARRecord) -> int:
+        """How many captions :meth:`captions_with_styles` returns for ``record``, without writing them: all of its
+        own, and at least ``n_captions`` (``epoch_unit: pairs`` counts an image's training pairs with it)."""
+        return max(self.n_captions, len(self._shipped(record)))
+
+    @staticmethod
+    def _shipped(record: SARRecord) -> list[tuple[str, str]]:
+        return [(c.strip(), "source") for c in record.captions if isinstance(c, str) and c.strip()]
 
     def fields_for(self, record: SARRecord) -> tuple[str, ...]:
         """Metadata keys used to enrich ``record``'s captions."""
