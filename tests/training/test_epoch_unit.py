@@ -7,7 +7,6 @@ mid-epoch resume), and a real ``Trainer.fit`` runs exactly the steps its LR sche
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
-from PIL import Image
 
 from lightning_sarclip.data.pairs import CaptionPairs, check_epoch_unit
 from lightning_sarclip.data.samplers import SeededDataset, SeededEpochSampler
@@ -24,26 +22,15 @@ from lightning_sarclip.training import CorpusDataModule, SourceDataModule, Synth
 from lightning_sarclip.training.module import SARCLIPModule
 from lightning_sarclip.training.unfreeze import cosine_with_warmup
 from tests.conftest import TEST_ARCH
+from tests.helpers import write_caption_table
 
 N_IMAGES, N_CAPTIONS = 6, 5
 
 
-def _table(root: Path, n_images: int = N_IMAGES, n_captions: int = N_CAPTIONS) -> dict[str, set[tuple[str, str]]]:
-    """``train.csv`` / ``val.csv`` of ``imgpath,caption`` rows, ``n_captions`` rows per 16 px image; returns the
-    (imgpath, caption) rows of each split."""
-    rng = np.random.default_rng(0)
-    rows: dict[str, set[tuple[str, str]]] = {}
-    for split, count in (("train", n_images), ("val", 2)):
-        table = []
-        for i in range(count):
-            name = f"images/{split}_{i:03d}.png"
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), mode="L").save(root / name)
-            table += [(name, f"{split} image {i} seen in caption number {c}") for c in range(n_captions)]
-        with (root / f"{split}.csv").open("w", newline="") as handle:
-            csv.writer(handle).writerows([("imgpath", "caption"), *table])
-        rows[split] = set(table)
-    return rows
+def _table(root: Path) -> dict[str, set[tuple[str, str]]]:
+    """N training images x 5 captions (and 2 val images), as (imgpath, caption) row sets."""
+    rows = write_caption_table(root, {"train": N_IMAGES, "val": 2}, N_CAPTIONS)
+    return {split: set(table) for split, table in rows.items()}
 
 
 def _dm(root: Path, epoch_unit: str, **kwargs) -> SourceDataModule:
