@@ -688,5 +688,5 @@ class CorpusDataModule(SARDataModule):
             if unknown:
                 raise ValueError(f"source_weights names sources not in the train split: {sorted(unknown)}")
             weights = (np.array([self.source_weights.get(n, 1.0) for n in names.tolist()]) / counts)[codes]
-        sampler = WeightedEpochSampler(weights, len(samples), self.samples_per_epoch, self.train_seed())  # type: ignore[arg-type]
+        sampler = WeightedEpochSampler(weights, len(samples), self.samples_per_epoch, self.train_seed())
         return self._loader(samples, train=True, sampler=sampler)
