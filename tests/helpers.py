@@ -1,4 +1,4 @@
-"""Small shared pieces for tests that drive a Trainer: a random-pairs datamodule and callbacks.
+"""Small shared pieces for tests that drive a Trainer: a random-pairs datamodule, callbacks, a caption table.
 
 Callbacks that configs name by dotted path (``class_path: tests.helpers.X``, read by jsonargparse in the CLI, in a
 subprocess or in a Slurm job) live here, so that moving a test file never breaks such a path.
@@ -6,11 +6,14 @@ subprocess or in a Slurm job) live here, so that moving a test file never breaks
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -125,3 +128,24 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def changed(before: dict, after: dict) -> set[str]:
     return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def write_caption_table(root: Path, sizes: dict[str, int], n_captions: int = 5) -> dict[str, list[tuple[str, str]]]:
+    """SARVLM-shaped ``<split>.csv`` tables under ``root`` (an ``image_caption_table`` source): ``sizes[split]``
+    random 16 px PNG images, each on ``n_captions`` ``imgpath,caption`` rows with distinct captions. Returns each
+    split's rows."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows: dict[str, list[tuple[str, str]]] = {}
+    for split, count in sizes.items():
+        table = []
+        for i in range(count):
+            name = f"images/{split}_{i:03d}.png"
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), mode="L").save(root / name)
+            table += [(name, f"{split} image {i} seen in caption number {c}") for c in range(n_captions)]
+        with (root / f"{split}.csv").open("w", newline="") as handle:
+            csv.writer(handle).writerows([("imgpath", "caption"), *table])
+        rows[split] = table
+    return rows

@@ -414,23 +414,35 @@ class Captioner:
         """Like :meth:`captions`, each caption with the style that wrote it (``source`` for shipped captions;
         ``general``, ``enriched``, ``complex``, ``absolute``, ``relative``, ``negative``, ``metadata_only``).
         The corpus manifest records the style, and augmentation avoids flipping positional ones."""
-        rng = self._rng(record)
-        shipped = [(c.strip(), "source") for c in record.captions if isinstance(c, str) and c.strip()]
-        if len(shipped) >= self.n_captions:
-            out = shipped
-        else:
-            exclude = {text for text, _ in shipped}
-            generated = self._generate(record, rng, self.n_captions - len(shipped), exclude=exclude)
-            out = shipped + generated
-            if not out:
-                raise ValueError(
-                    f"{record.key}: nothing to caption (no captions, labels, objects or caption metadata); "
-                    "the source must provide at least one of them"
-                )
-            if not shipped:  # generated only: cycled to n_captions; shipped captions are never repeated
-                out = [out[i % len(out)] for i in range(self.n_captions)]
+        out = self._unrewritten(record)
         texts = self._rewrite(record, [text for text, _ in out])
         return [(text, style) for text, (_, style) in zip(texts, out, strict=True)]
+
+    def caption_count(self, record: SARRecord) -> int:
+        """How many captions :meth:`captions_with_styles` returns for ``record`` (``epoch_unit: pairs`` counts an
+        image's training pairs with it), without calling the rewriter."""
+        return len(self._unrewritten(record))
+
+    def _unrewritten(self, record: SARRecord) -> list[tuple[str, str]]:
+        """The captions before the rewriter: shipped ones each once, topped up by different generated ones, or
+        ``n_captions`` generated ones (cycled when the templates give fewer)."""
+        shipped = self._shipped(record)
+        if len(shipped) >= self.n_captions:
+            return shipped
+        exclude = {text for text, _ in shipped}
+        out = shipped + self._generate(record, self._rng(record), self.n_captions - len(shipped), exclude=exclude)
+        if not out:
+            raise ValueError(
+                f"{record.key}: nothing to caption (no captions, labels, objects or caption metadata); "
+                "the source must provide at least one of them"
+            )
+        if not shipped:  # generated only: cycled to n_captions; shipped captions are never repeated
+            out = [out[i % len(out)] for i in range(self.n_captions)]
+        return out
+
+    @staticmethod
+    def _shipped(record: SARRecord) -> list[tuple[str, str]]:
+        return [(c.strip(), "source") for c in record.captions if isinstance(c, str) and c.strip()]
 
     def fields_for(self, record: SARRecord) -> tuple[str, ...]:
         """Metadata keys used to enrich ``record``'s captions."""

@@ -9,7 +9,9 @@ unchanged.
 
 * **Mixing.** ``source_weights`` (e.g. ``{mstar: 2.0, sardet100k: 0.5}``) sets each source's share of the
   samples drawn per epoch (sampling with replacement, weight spread over the source's images); without weights
-  every image is seen once per epoch in a shuffled order. The sampler is seeded by ``seed`` and the epoch;
+  every image is seen once per epoch in a shuffled order (with ``epoch_unit: pairs`` every kept (image, caption)
+  pair, :mod:`lightning_sarclip.data.pairs`, and weights spread over the source's pairs). The sampler is seeded
+  by ``seed`` and the epoch;
   Lightning shards it across DDP ranks (``DistributedSamplerWrapper``) and the DataLoader hands indices to
   workers, so every (rank, worker) sees a deterministic, disjoint part.
 * **Exact resume.** The caption drawn for a training image and its augmentation come from the sample seed that
@@ -125,7 +127,15 @@ class CorpusDataset(Dataset):
         """Item ``index`` with every training draw taken from ``seed`` (used by the resumable training loader)."""
         return self._item(index, random.Random(seed))
 
-    def _item(self, index: int, rng: random.Random) -> dict[str, Any]:
+    def caption_counts(self) -> np.ndarray:
+        """Kept captions of every image (``epoch_unit: pairs`` samples each (image, caption) pair once)."""
+        return np.fromiter((len(item[3]) for item in self.items), dtype=np.int64, count=len(self.items))
+
+    def pair_item(self, index: int, caption: int, seed: int) -> dict[str, Any]:
+        """Training item ``index`` with its ``caption``-th kept caption (not drawn), augmented from ``seed``."""
+        return self._item(index, random.Random(seed), caption)
+
+    def _item(self, index: int, rng: random.Random, caption: int | None = None) -> dict[str, Any]:
         shard, row, _, kept = self.items[index]
         table = self._shard(shard)
         all_captions = table.column("captions")[row].as_py()
@@ -135,7 +145,7 @@ class CorpusDataset(Dataset):
             image = np.concatenate([image, image])  # single-pol source in a dual-pol run: VH := VV (documented)
         image = to_model_channels(image, self.in_chans, f"{shard}#{row}")
         if self.split == "train":
-            caption_index, style = rng.choice(kept)
+            caption_index, style = rng.choice(kept) if caption is None else kept[caption]
             captions = [all_captions[caption_index]]
             tensor = self._augment(image, geometric=style not in POSITIONAL_STYLES, rng=rng)
         else:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any
@@ -74,7 +74,8 @@ class WeightedEpochSampler(Sampler[int]):
     from it. Has ``set_epoch``, which Lightning calls every epoch (also through its distributed wrapper).
     """
 
-    def __init__(self, weights: list[float] | None, num_items: int, num_samples: int | None = None, seed: int = 0):
+    def __init__(self, weights: Sequence[float] | np.ndarray | None, num_items: int, num_samples: int | None = None,
+                 seed: int = 0):
         if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)
                                         or num_samples < 1):
             raise ValueError(f"WeightedEpochSampler: num_samples (samples_per_epoch) must be an integer >= 1 or None, "
@@ -171,15 +172,21 @@ class SeededDataset(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, seed = key
-        seeded_item = getattr(self.dataset, "seeded_item", None)
-        if callable(seeded_item):
-            item = seeded_item(index, seed)
-        else:
-            with seeded_global_rngs(seed):
-                item = self.dataset[index]
-        if not isinstance(item, dict):
-            raise TypeError(f"{type(self.dataset).__name__}[{index}] returned {type(item).__name__}; expected a dict")
-        return {**item, "seed": seed}
+        return {**seeded_item(self.dataset, index, seed), "seed": seed}
+
+
+def seeded_item(dataset: Dataset, index: int, seed: int) -> dict[str, Any]:
+    """``dataset``'s item ``index`` with every random draw taken from ``seed``: its ``seeded_item(index, seed)``
+    when it has one, else ``dataset[index]`` under :func:`seeded_global_rngs`."""
+    own = getattr(dataset, "seeded_item", None)
+    if callable(own):
+        item = own(index, seed)
+    else:
+        with seeded_global_rngs(seed):
+            item = dataset[index]
+    if not isinstance(item, dict):
+        raise TypeError(f"{type(dataset).__name__}[{index}] returned {type(item).__name__}; expected a dict")
+    return item
 
 
 class _LoaderPosition:

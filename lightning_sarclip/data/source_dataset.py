@@ -159,18 +159,31 @@ class SourceDataset(Dataset):
         label = record.label
         return self._class_index.get(label, -1) if label is not None else -1
 
+    def caption_counts(self) -> np.ndarray:
+        """Training captions of every item, without writing them (``epoch_unit: pairs`` samples each once)."""
+        return np.fromiter((self.captioner.caption_count(r) for r in self.records), dtype=np.int64,
+                           count=len(self.records))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
         styled = self.styled_captions(index)
         captions = [text for text, _ in styled]
+        # geometry only when no caption of the image names a position (any of them may be drawn for it)
+        rng = random.Random(random.getrandbits(64)) if self.augment is not None else None
+        image = self._image(index, rng, geometric=not any(style in POSITIONAL_STYLES for _, style in styled))
+        return self._item(index, image, fixed_count(captions, self.n_captions))
+
+    def pair_item(self, index: int, caption: int, seed: int) -> dict[str, Any]:
+        """Item ``index`` with its ``caption``-th caption only (of all :meth:`styled_captions`, not cut to
+        ``n_captions``), augmented from ``seed``; geometry only when that caption names no position."""
+        text, style = self.styled_captions(index)[caption]
+        return self._item(index, self._image(index, random.Random(seed), geometric=style not in POSITIONAL_STYLES),
+                          [text])
+
+    def _image(self, index: int, rng: random.Random | None, geometric: bool) -> Any:
         array = self.converted(index)
-        if self.augment is not None:  # geometry only when no caption of the pair names a position
-            array = self.augment(array, random.Random(random.getrandbits(64)),
-                                 geometric=not any(style in POSITIONAL_STYLES for _, style in styled))
-        image = sized_input(array, self.image_size)  # never the cached array itself
-        return {
-            "image": image,
-            "captions": fixed_count(captions, self.n_captions),
-            "label": self.label_of(record),
-            "index": index,
-        }
+        if self.augment is not None and rng is not None:
+            array = self.augment(array, rng, geometric=geometric)
+        return sized_input(array, self.image_size)  # never the cached array itself
+
+    def _item(self, index: int, image: Any, captions: list[str]) -> dict[str, Any]:
+        return {"image": image, "captions": captions, "label": self.label_of(self.records[index]), "index": index}

@@ -704,6 +704,10 @@ class SyntheticSARDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def caption_counts(self) -> np.ndarray:
+        """``n_captions`` for every scene (``epoch_unit: pairs`` samples each (scene, caption) pair once)."""
+        return np.full(self.num_samples, self.n_captions, dtype=np.int64)
+
     def item_seed(self, index: int) -> int:
         """64-bit seed of item ``index`` (what :func:`generate_scene` receives)."""
         ss = np.random.SeedSequence(self.seed, spawn_key=(self._split_code, 0, index))

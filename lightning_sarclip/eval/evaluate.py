@@ -13,7 +13,11 @@ Per dataset:
   semantics, logits ``100 * img @ W``); metrics ``top1``, ``top3``, ``top5`` (null when K > classes) and
   ``mean_per_class``; the confusion matrix (rows: true class) is saved as JSON.
 * **retrieval**: every image against every caption of every image (``i2t_R@K``, ``t2i_R@K``, ``mean_recall``);
-  an image is a hit when any of its captions is in the top K.
+  an image is a hit when any of its captions is in the top K. ``protocol: sample`` scores the paper's protocol
+  instead: ``sample_size`` (5,000) unique images of the split with one caption each, drawn by ``seed`` and written
+  to ``retrieval_samples/`` next to the results, or exactly the images and captions of a ``sample_file``
+  (:mod:`lightning_sarclip.eval.retrieval_sample`). Rows name the protocol (``all``, ``sample5000``,
+  ``file:<name>``), so ``report`` keeps them apart.
 
 Every check that can fail (unknown source, missing root, unreadable template or class-name file, class names
 that do not cover the dataset's labels) runs for all datasets before the first image is embedded.
@@ -32,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_sarclip.data.listing import DETECTION_MODES
 from lightning_sarclip.data.templates import get_templates
@@ -46,6 +50,8 @@ from lightning_sarclip.utils.run_dir import RunDirectory
 log = logging.getLogger("lightning_sarclip")
 
 TASKS = ("zeroshot", "retrieval", "both")
+#: Retrieval protocols: every caption of every image, or a sample of unique images with one caption each.
+PROTOCOLS = ("all", "sample")
 MULTI_LABEL = ("skip", "first")
 #: The built-in class-name files (``<reader name>.json``), shipped as package data.
 CLASSNAMES_DIR = Path(__file__).with_name("classnames")
@@ -114,6 +120,14 @@ class DatasetSpec:
         drop_prompt_like: drop generated retrieval captions that equal a zero-shot prompt (as in training; see
             :mod:`lightning_sarclip.data.captions`).
         max_images: evaluate a seeded random subset of this many images.
+        protocol: retrieval over ``all`` the split's images and captions, or a ``sample`` of unique images with one
+            caption each (the paper's ``val_uni_image_and_caption_sample_5000.csv``); ``sample`` needs
+            ``task: retrieval``.
+        sample_size: images of a drawn sample (capped at the split's unique images, with a warning); the sample
+            and each image's caption are drawn by ``seed`` and written to ``retrieval_samples/`` next to the
+            results.
+        sample_file: with ``protocol: sample``, score exactly this file's images and captions instead of drawing
+            (an ``imgpath,caption`` CSV written by an earlier evaluation, or SARVLM's released one).
         batch_size: images (and captions) per forward pass.
         seed: seed of the subset and of generated captions.
         probes: frozen-feature probes to run besides zero-shot: ``linear`` (logistic regression, C chosen on a
@@ -140,6 +154,9 @@ class DatasetSpec:
     n_captions: int = 5
     drop_prompt_like: bool = True
     max_images: int | None = None
+    protocol: str = "all"
+    sample_size: int = 5000
+    sample_file: str | None = None
     batch_size: int = 64
     probes: list[str] = field(default_factory=list)
     probe_train_split: str = "train"
@@ -197,6 +214,7 @@ def check_dataset_spec(spec: DatasetSpec) -> None:
             raise ValueError(f"{where}: {key} must be >= 1, got {getattr(spec, key)}")
     if spec.max_images is not None and spec.max_images < 1:
         raise ValueError(f"{where}: max_images must be >= 1 or null, got {spec.max_images}")
+    _check_protocol(spec, where)
     if spec.split_fractions is not None:
         from lightning_sarclip.data.splits import PARTS, check_fractions
 
@@ -205,6 +223,24 @@ def check_dataset_spec(spec: DatasetSpec) -> None:
             raise ValueError(f"{where}: with split_fractions, split must be one of {list(PARTS)}, got {spec.split!r}")
         if spec.source == "corpus":
             raise ValueError(f"{where}: a corpus has its own splits; split_fractions is for a source without them")
+
+
+def _check_protocol(spec: DatasetSpec, where: str) -> None:
+    if spec.protocol not in PROTOCOLS:
+        raise ValueError(f"{where}: protocol must be one of {PROTOCOLS}, got {spec.protocol!r}")
+    if spec.sample_size < 1:
+        raise ValueError(f"{where}: sample_size must be >= 1, got {spec.sample_size}")
+    if spec.protocol == "all":
+        if spec.sample_file is not None:
+            raise ValueError(f"{where}: sample_file {spec.sample_file!r} is read with protocol: sample "
+                             "(protocol is 'all')")
+        return
+    if spec.task != "retrieval":
+        raise ValueError(f"{where}: protocol 'sample' is a retrieval protocol; expected task: retrieval, got "
+                         f"{spec.task!r} (add another entry for zero-shot)")
+    if spec.max_images is not None:
+        raise ValueError(f"{where}: protocol 'sample' draws its own subset; expected max_images: null, got "
+                         f"{spec.max_images} (set sample_size instead)")
 
 
 # ---------------------------------------------------------------------------------------------- class names
@@ -311,6 +347,9 @@ class PreparedDataset:
     labels: list[str | None]  # per image: the scored label, or None (not scored)
     classes: ClassNames | None  # zero-shot only
     templates: list[str] | None  # zero-shot only
+    ids: list[str] = field(default_factory=list)  # per image: source_id (a source) or record key (a corpus)
+    protocol: str = "all"  # retrieval protocol of the rows: all, sample<N> or file:<name>
+    sample_file: str | None = None  # the sample file read, or written by ``evaluate``
 
     @property
     def targets(self) -> torch.Tensor:
@@ -361,7 +400,7 @@ def _prepare_source(spec: DatasetSpec, image_size: int, in_chans: int) -> Prepar
     captions = None
     if spec.task != "zeroshot":
         captions = [_unique(dataset.captioner.captions(r)) for r in records]
-    return _finish(spec, dataset, captions, labels, listing.classnames)
+    return _finish(spec, dataset, captions, labels, listing.classnames, [r.source_id for r in records])
 
 
 def _prepare_corpus(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
@@ -377,18 +416,20 @@ def _prepare_corpus(spec: DatasetSpec, image_size: int, in_chans: int) -> Prepar
     keep = _subset(len(corpus), spec.max_images, spec.seed)
     corpus.items = [corpus.items[i] for i in keep]
     shards: dict[str, Any] = {}
-    captions, labels = [], []
+    captions, labels, ids = [], [], []
     for shard, row, _, kept in corpus.items:
         table = shards.setdefault(shard, read_shard(Path(spec.root) / "shards" / shard))
         texts = table.column("captions")[row].as_py()
         captions.append(_unique([texts[i] for i, _ in kept]))
         names = table.column("labels")[row].as_py()
         labels.append(names[0] if len(names) == 1 or (names and spec.multi_label == "first") else None)
-    return _finish(spec, corpus, captions if spec.task != "zeroshot" else None, labels, corpus.classnames)
+        # the record key: source ids are unique per source only
+        ids.append(f"{table.column('source')[row].as_py()}:{table.column('source_id')[row].as_py()}")
+    return _finish(spec, corpus, captions if spec.task != "zeroshot" else None, labels, corpus.classnames, ids)
 
 
 def _finish(spec: DatasetSpec, images: Dataset, captions: list[list[str]] | None, labels: list[str | None],
-            dataset_classnames: Sequence[str]) -> PreparedDataset:
+            dataset_classnames: Sequence[str], ids: list[str]) -> PreparedDataset:
     classes = templates = None
     if spec.task != "retrieval":
         present = sorted({x for x in labels if x is not None})
@@ -405,7 +446,45 @@ def _finish(spec: DatasetSpec, images: Dataset, captions: list[list[str]] | None
         empty = [i for i, c in enumerate(captions) if not c]
         if empty:
             raise ValueError(f"dataset {spec.name!r}: images without captions at positions {empty[:10]}")
-    return PreparedDataset(spec, images, captions, labels, classes, templates)
+    return _sampled(PreparedDataset(spec, images, captions, labels, classes, templates, ids))
+
+
+def _sampled(prepared: PreparedDataset) -> PreparedDataset:
+    """``prepared`` as its retrieval protocol scores it: unchanged (``all``), or the sample's images with one caption
+    each (drawn, or read from ``sample_file``)."""
+    from lightning_sarclip.eval.retrieval_sample import draw_sample, read_sample, select_sample
+
+    spec = prepared.spec
+    if spec.protocol == "all":
+        return prepared
+    where = f"dataset {spec.name!r} ({spec.source} at {spec.root}, split {spec.split!r})"
+    assert prepared.captions is not None  # protocol sample is task retrieval (check_dataset_spec)
+    if spec.sample_file is not None:
+        rows = read_sample(spec.sample_file)
+        positions = select_sample(prepared.ids, rows, spec.sample_file, where)
+        captions = [caption for _, caption in rows]
+        protocol, sample_file = f"file:{Path(spec.sample_file).name}", spec.sample_file
+    else:
+        positions, captions = draw_sample(prepared.ids, prepared.captions, spec.sample_size, spec.seed, where)
+        protocol, sample_file = f"sample{len(positions)}", None
+    return replace(prepared, images=Subset(prepared.images, positions), captions=[[c] for c in captions],
+                   labels=[prepared.labels[p] for p in positions], ids=[prepared.ids[p] for p in positions],
+                   protocol=protocol, sample_file=sample_file)
+
+
+def write_retrieval_sample(output_dir: Path, prepared: PreparedDataset) -> PreparedDataset:
+    """Write a drawn sample as ``retrieval_samples/<dataset>_<protocol>_seed<seed>.csv`` (a sample read from a file
+    is already one); returns ``prepared`` naming the file, which its rows then carry."""
+    from lightning_sarclip.eval.retrieval_sample import write_sample
+
+    if prepared.protocol == "all" or prepared.sample_file is not None:
+        return prepared
+    assert prepared.captions is not None
+    spec = prepared.spec
+    path = output_dir / "retrieval_samples" / f"{_slug(spec.name)}_{prepared.protocol}_seed{spec.seed}.csv"
+    write_sample(path, prepared.ids, [caps[0] for caps in prepared.captions])
+    log.info("evaluate: retrieval sample of %s written to %s", spec.name, path)
+    return replace(prepared, sample_file=str(path))
 
 
 def prepare_dataset(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
@@ -436,6 +515,10 @@ def check_sources(config: EvalConfig) -> None:
             raise ValueError(f"dataset {spec.name!r}: unknown probes {sorted(unknown)}; expected {PROBES}")
         if spec.probes and spec.task == "retrieval":
             raise ValueError(f"dataset {spec.name!r}: probes need class labels (task zeroshot or both)")
+        if spec.sample_file is not None:
+            from lightning_sarclip.eval.retrieval_sample import read_sample
+
+            read_sample(spec.sample_file)  # a missing or malformed sample fails before the model loads
 
 
 # ---------------------------------------------------------------------------------------------- embedding
@@ -521,7 +604,7 @@ def result_rows(config: EvalConfig, loaded: Any, model_label: str, prepared: Pre
     spec = prepared.spec
     common = {
         "model": model_label, "checkpoint": loaded.checkpoint, "checkpoint_hash": loaded.checkpoint_hash,
-        "dataset": spec.name, "split": spec.split,
+        "dataset": spec.name, "split": spec.split, "protocol": prepared.protocol,
         "config": {"model": asdict(config.model), "dataset": asdict(spec), "device": config.device,
                    "ks": list(config.ks)},
     }
@@ -536,9 +619,10 @@ def result_rows(config: EvalConfig, loaded: Any, model_label: str, prepared: Pre
     retrieval = dict(metrics.get("retrieval", {}))
     # Counts, not recalls: they describe the rows (how many queries had exact ties) instead of being rows.
     tied = {key: retrieval.pop(key) for key in ("i2t_tied_queries", "t2i_tied_queries") if key in retrieval}
+    sample = {"sample_file": prepared.sample_file} if prepared.sample_file else {}
     for metric, value in retrieval.items():
         rows.append({**common, "task": "retrieval", "metric": metric, "value": value, "templates": None,
-                     "classnames": None, "extra": {**extra, **tied}})
+                     "classnames": None, "extra": {**extra, **tied, **sample}})
     for task, values in metrics.get("probes", {}).items():
         for metric, value in values.items():
             rows.append({**common, "task": task, "metric": metric, "value": value, "templates": None,
@@ -697,6 +781,7 @@ def run(config: EvalConfig) -> list[dict[str, Any]]:
     output = Path(config.output)
     all_rows: list[dict[str, Any]] = []
     summary = []
+    prepared = [write_retrieval_sample(output.parent, item) for item in prepared]
     for item in prepared:
         log.info("evaluate: %s on %s (%s, %d images)", model_label, item.spec.name, item.spec.task, len(item.images))
         metrics = evaluate_dataset(loaded, item, config.ks, config.num_workers)

@@ -11,7 +11,9 @@ Why: numbers in a paper table should be derived, never typed. This reads ``resul
 Published numbers (``published.json`` next to this module: RemoteCLIP, GeoRSCLIP, SkyCLIP on their optical
 benchmarks, and what is known of SARVLM's) are listed under ours for the datasets we evaluated, marked
 "published" with their source. A number a source reports but that could not be read is shown as "–", never
-guessed. When the same (model, checkpoint_hash, dataset, split, task, metric) appears more than once, the latest
+guessed. Rows that scored a retrieval sample (``protocol`` ``sample5000``, ``file:<name>``) are tables and columns of
+their own, labelled ``dataset (split, protocol)``, never merged with the whole split's. When the same (model,
+checkpoint_hash, dataset, split, protocol, task, metric) appears more than once, the latest
 row (by ``time``, then by position in the files) wins, so re-running an evaluation updates the report.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_sarclip.eval.results import WHOLE_SPLIT
 from lightning_sarclip.utils.atomic import atomic_open, atomic_write_text
 
 PUBLISHED_PATH = Path(__file__).with_name("published.json")
@@ -35,12 +38,25 @@ ROW_KEY = ("model", "checkpoint_hash", "dataset", "split", "task", "metric")
 
 
 # ---------------------------------------------------------------------------------------------- rows
+def protocol_of(row: dict[str, Any]) -> str:
+    """The row's retrieval protocol; rows written before rows named one scored the whole split."""
+    return row.get("protocol") or WHOLE_SPLIT
+
+
+def evaluated_split(row: dict[str, Any]) -> str:
+    """What a row scored: its split, plus the protocol when that is a sample (``val, sample5000``), so a sample's
+    numbers never share a column or table with the whole split's."""
+    protocol = protocol_of(row)
+    return row["split"] if protocol == WHOLE_SPLIT else f"{row['split']}, {protocol}"
+
+
 def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, checkpoint_hash, dataset, split, task, metric): the latest by time, then by order."""
+    """One row per (model, checkpoint_hash, dataset, split, protocol, task, metric): the latest by time, then by
+    order."""
     ordered = sorted(enumerate(rows), key=lambda pair: (str(pair[1].get("time") or ""), pair[0]))
     latest: dict[tuple, dict[str, Any]] = {}
     for _, row in ordered:
-        latest[tuple(row.get(k) for k in ROW_KEY)] = row
+        latest[(*(row.get(k) for k in ROW_KEY), protocol_of(row))] = row
     return list(latest.values())
 
 
@@ -59,13 +75,19 @@ def model_labels(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str | None],
 
 
 def dataset_labels(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """``(dataset, split) -> label``: the dataset name, plus the split where one dataset has several."""
+    """``(dataset, evaluated split) -> label``: the dataset name, plus the split where one dataset has several or
+    the rows scored a sample (:func:`evaluated_split`)."""
     splits: dict[str, list[str]] = {}
+    sampled: set[tuple[str, str]] = set()
     for row in rows:
         seen = splits.setdefault(row["dataset"], [])
-        if row["split"] not in seen:
-            seen.append(row["split"])
-    return {(d, s): d if len(found) == 1 else f"{d} ({s})" for d, found in splits.items() for s in found}
+        part = evaluated_split(row)
+        if part not in seen:
+            seen.append(part)
+        if protocol_of(row) != WHOLE_SPLIT:
+            sampled.add((row["dataset"], part))
+    return {(d, s): d if len(found) == 1 and (d, s) not in sampled else f"{d} ({s})"
+            for d, found in splits.items() for s in found}
 
 
 # ---------------------------------------------------------------------------------------------- published
@@ -159,7 +181,7 @@ def retrieval_tables(rows: Sequence[dict[str, Any]], published: Sequence[Publish
     models, datasets = model_labels(rows), dataset_labels(rows)
     tables = []
     for (dataset, split), title in datasets.items():
-        subset = [r for r in rows if (r["dataset"], r["split"]) == (dataset, split)]
+        subset = [r for r in rows if (r["dataset"], evaluated_split(r)) == (dataset, split)]
         columns = _recall_columns(r["metric"] for r in subset)
         values: dict[str, dict[str, Any]] = {}
         for row in subset:
@@ -187,7 +209,7 @@ def zeroshot_table(rows: Sequence[dict[str, Any]], published: Sequence[Published
     columns = list(datasets)
     values: dict[str, dict[tuple[str, str], Any]] = {}
     for row in rows:
-        values.setdefault(models[(row["model"], row.get("checkpoint_hash"))], {})[(row["dataset"], row["split"])] = \
+        values.setdefault(models[(row["model"], row.get("checkpoint_hash"))], {})[(row["dataset"], evaluated_split(row))] = \
             row["value"]
     body = [[label, "ours", *[_percent(v.get(c)) for c in columns], ""] for label, v in values.items()]
     extra: dict[str, dict[tuple[str, str], Any]] = {}
@@ -220,7 +242,7 @@ def task_tables(rows: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[Ta
         metrics = sorted({r["metric"] for r in task_rows}, key=_metric_order)
         values: dict[tuple[str, str], dict[str, Any]] = {}
         for row in task_rows:
-            key = (models[(row["model"], row.get("checkpoint_hash"))], datasets[(row["dataset"], row["split"])])
+            key = (models[(row["model"], row.get("checkpoint_hash"))], datasets[(row["dataset"], evaluated_split(row))])
             values.setdefault(key, {})[row["metric"]] = row["value"]
         body = [[model, dataset, *[_percent(cells.get(m)) for m in metrics]] for (model, dataset), cells in values.items()]
         tables.append(Table(f"{TASK_TITLES.get(task, task)} (%)", ["Model", "Dataset", *metrics], body))

@@ -7,7 +7,9 @@ Tables and figures are derived from these rows (``python -m lightning_sarclip re
 each row carries what is needed to reproduce it: the model and checkpoint (path and hash), the dataset and
 split, the task, the templates and class names used, the full evaluation config, and a timestamp.
 
-Row keys: ``model``, ``checkpoint``, ``checkpoint_hash``, ``dataset``, ``split``, ``task`` (``zeroshot``,
+Row keys: ``model``, ``checkpoint``, ``checkpoint_hash``, ``dataset``, ``split``, ``protocol`` (``all`` = the
+whole split; ``sample5000`` = 5,000 unique images with one caption each, drawn; ``file:<name>`` = the sample in
+that file; see :mod:`lightning_sarclip.eval.retrieval_sample`), ``task`` (``zeroshot``,
 ``retrieval``, ``linear_probe``, ``kshot``, ``knn``, ``wiseft``), ``metric`` (``top1``, ``mean_per_class``,
 ``i2t_R@1``, ``mean_recall`` ...), ``value`` (a fraction in [0, 1] for accuracies and recalls), ``templates``
 (list of strings or null), ``classnames`` (list or null), ``config`` (dict), ``extra`` (dict: k-shot k, alpha,
@@ -25,8 +27,10 @@ from typing import Any
 
 from lightning_sarclip.utils.atomic import atomic_append
 
-ROW_KEYS = ("model", "checkpoint", "checkpoint_hash", "dataset", "split", "task", "metric", "value", "templates",
-            "classnames", "config", "extra", "time")
+ROW_KEYS = ("model", "checkpoint", "checkpoint_hash", "dataset", "split", "protocol", "task", "metric", "value",
+            "templates", "classnames", "config", "extra", "time")
+#: ``protocol`` of a row that does not name one (and of rows written before rows had it): the whole split.
+WHOLE_SPLIT = "all"
 TASKS = ("zeroshot", "retrieval", "linear_probe", "kshot", "knn", "wiseft")
 
 
@@ -45,6 +49,7 @@ def make_row(**fields: Any) -> dict[str, Any]:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ValueError(f"results row: value must be a number, got {value!r}")
     row["value"] = None if isinstance(value, float) and math.isnan(value) else float(value)
+    row["protocol"] = row["protocol"] or WHOLE_SPLIT
     row["config"] = dict(row["config"] or {})
     row["extra"] = dict(row["extra"] or {})
     row["time"] = row["time"] or datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -11,6 +11,9 @@ also drives the model, never spends time in the BPE tokenizer.
 Training loaders are resumable mid-epoch (:mod:`lightning_sarclip.data.samplers`): the order, the caption drawn
 for each image and any dataset-side random choice are functions of (seed, epoch, position in the epoch), so a run
 restarted from a checkpoint sees exactly the batches the uninterrupted run would have, whatever ``num_workers``.
+
+``epoch_unit`` (every datamodule) says what a training sample is: an image, its caption drawn (``images``), or an
+(image, caption) pair, open_clip_train's epoch over a CSV (``pairs``, :mod:`lightning_sarclip.data.pairs`).
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_sarclip.data.augment import ChipAugment
 from lightning_sarclip.data.corpus_dataset import CorpusDataset, EmptySplitError
 from lightning_sarclip.data.listing import DETECTION_MODES, SourceListing
+from lightning_sarclip.data.pairs import check_epoch_unit, sample_images, training_samples
 from lightning_sarclip.data.samplers import (
     ResumableDataLoader,
     SeededDataset,
@@ -135,6 +139,10 @@ class SARDataModule(pl.LightningDataModule):
         tokenizer: open_clip model name whose tokenizer encodes the captions; the CLI links it from the
             model's ``model_name`` so tokens always match the text tower.
         pin_memory: pin host memory of batches (useful for GPU training).
+        epoch_unit: what one training sample is: ``images`` (each image once per epoch, its caption drawn from its
+            captions) or ``pairs`` (each (image, caption) pair once per epoch, the caption fixed by the pair:
+            open_clip_train's epoch over a CSV of rows; :mod:`lightning_sarclip.data.pairs`). Epoch length,
+            ``samples_per_epoch``, source weights and the LR schedule all count these samples.
     """
 
     def __init__(
@@ -148,6 +156,7 @@ class SARDataModule(pl.LightningDataModule):
         in_chans: int = 1,
         tokenizer: str | None = None,
         pin_memory: bool = False,
+        epoch_unit: str = "images",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -166,7 +175,9 @@ class SARDataModule(pl.LightningDataModule):
         self.in_chans = in_chans
         self.tokenizer_name = tokenizer
         self.pin_memory = pin_memory
+        self.epoch_unit = check_epoch_unit(epoch_unit)
         self.datasets: dict[str, Dataset] = {}
+        self._train_samples: tuple[Dataset, Dataset] | None = None  # (train dataset, its samples), built once
         self._tokenizer: Callable[..., torch.Tensor] | None = None
 
     def check_data(self) -> None:
@@ -279,8 +290,16 @@ class SARDataModule(pl.LightningDataModule):
             **common,
         )
 
+    def train_samples(self) -> Dataset:
+        """The training epoch's samples: the train dataset (``epoch_unit: images``) or its (image, caption) pairs
+        (``pairs``), indexed once per train dataset (the pairs index of 1.39M rows is a compact array)."""
+        dataset = self._dataset("train", "fit")
+        if self._train_samples is None or self._train_samples[0] is not dataset:
+            self._train_samples = (dataset, training_samples(dataset, self.epoch_unit))
+        return self._train_samples[1]
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("train", "fit"), train=True)
+        return self._loader(self.train_samples(), train=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._dataset("val", "validate"), train=False)
@@ -603,10 +622,10 @@ class CorpusDataModule(SARDataModule):
     Args:
         root: the corpus folder (``output`` of the build).
         variant: a held-out variant name (``wo_mstar`` ...) or ``None`` for the full corpus.
-        source_weights: per-source sampling weights for training (missing sources weigh 1); ``None`` = each image
-            once per epoch.
-        samples_per_epoch: training samples per epoch (default: the number of train images); without
-            ``source_weights``, seeded permutations of the train images cut at this count (see
+        source_weights: per-source sampling weights for training (missing sources weigh 1); ``None`` = each sample
+            (image, or pair with ``epoch_unit: pairs``) once per epoch.
+        samples_per_epoch: training samples per epoch (default: the number of training samples, images or pairs by
+            ``epoch_unit``); without ``source_weights``, seeded permutations of the samples cut at this count (see
             :class:`~lightning_sarclip.data.samplers.WeightedEpochSampler`).
         augment: SAR-safe geometric augmentation of training images.
         eval_captions: captions per image in val/test batches.
@@ -665,15 +684,16 @@ class CorpusDataModule(SARDataModule):
             return super().build_dataset(other)
 
     def train_dataloader(self) -> DataLoader:
-        dataset: CorpusDataset = self._dataset("train", "fit")
+        samples = self.train_samples()
         weights = None
         if self.source_weights is not None:
-            counts: dict[str, int] = defaultdict(int)
-            for source in dataset.sources:
-                counts[source] += 1
-            unknown = set(self.source_weights) - set(counts)
+            dataset: CorpusDataset = self._dataset("train", "fit")
+            # a source's weight is spread over its samples (images or pairs), as arrays: 1.39M pairs stay cheap
+            names, codes, counts = np.unique(np.asarray(dataset.sources)[sample_images(samples)],
+                                             return_inverse=True, return_counts=True)
+            unknown = set(self.source_weights) - set(names.tolist())
             if unknown:
                 raise ValueError(f"source_weights names sources not in the train split: {sorted(unknown)}")
-            weights = [self.source_weights.get(s, 1.0) / counts[s] for s in dataset.sources]
-        sampler = WeightedEpochSampler(weights, len(dataset), self.samples_per_epoch, self.train_seed())
-        return self._loader(dataset, train=True, sampler=sampler)
+            weights = (np.array([self.source_weights.get(n, 1.0) for n in names.tolist()]) / counts)[codes]
+        sampler = WeightedEpochSampler(weights, len(samples), self.samples_per_epoch, self.train_seed())
+        return self._loader(samples, train=True, sampler=sampler)
