@@ -292,7 +292,27 @@ def train_part_layout(args: argparse.Namespace, folder: Path) -> Path:
             target = folder / part / record.label / Path(record.image.path).name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(record.image.path, target)
+            if part == "test":
+                write_gain_copies(target, args.holdout_gains_db)
     return folder
+
+
+def write_gain_copies(chip: Path, gains_db: list[float]) -> None:
+    """Beside ``chip``, a lossless copy of it for every non-zero gain in dB (``<stem>_g+1.0dB.png``): the held-out
+    part then scores the same chips brighter and darker, as another acquisition (a change of depression or
+    calibration) shows them. Magnitudes scale by ``10 ** (dB / 20)`` and clip to the 8-bit range."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = None
+    for gain_db in gains_db:
+        if gain_db == 0:
+            continue
+        if pixels is None:
+            with Image.open(chip) as image:
+                pixels = np.asarray(image.convert("L"), dtype=np.float32)
+        shifted = np.clip(np.rint(pixels * 10 ** (gain_db / 20)), 0, 255).astype(np.uint8)
+        Image.fromarray(shifted).save(chip.with_name(f"{chip.stem}_g{gain_db:+.1f}dB.png"))
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -334,6 +354,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "single chips (train-part) or runs of --block consecutive chips of a class "
                              "(train-blocks: unseen aspect angles)")
     parser.add_argument("--block", type=int, default=5, help="chips per held-out run of --holdout train-blocks")
+    parser.add_argument("--holdout-gains-db", type=float, nargs="+", default=[0.0],
+                        help="with --holdout train-part/train-blocks: score every held-out chip at each of these "
+                             "gains in dB (e.g. -2 -1 0 1 2): a validation of robustness to the intensity changes "
+                             "another acquisition brings, without the test chips")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="our recipe (a fit config)")
     parser.add_argument("--budget", type=float, default=450.0, help="training seconds (or steps) per arm")
     parser.add_argument("--unit", choices=["seconds", "steps"], default="seconds",
