@@ -9,7 +9,8 @@
 #      the trunk frozen (staged unfreezing) in bf16;
 #   4. a short sharded run (FSDP2 via Lightning's ModelParallelStrategy, 1 GPU) against the same run under DDP
 #      (1 GPU, so both see the same distributed sampler order): time and the largest weight difference after the
-#      same steps (0 on CPU in fp32; bf16 here).
+#      same steps (0 on CPU in fp32; bf16 here);
+#   5. 30 steps of fit in 16-mixed (fp16 + GradScaler) with gradient clipping, the paper's `--precision amp`.
 # Figures are printed and written to $OUT (default runs/gpu_check). On a machine without PyPI, first run
 # benchmarks/gpu_wheels.sh where pip works and bring .whl/ along.
 #   bash benchmarks/gpu_check.sh
@@ -74,4 +75,11 @@ a, b = (torch.load(f"{root}/gpu_check_{s}/checkpoints/last.ckpt", map_location="
 diff = max((a["state_dict"][k].float() - b["state_dict"][k].float()).abs().max().item() for k in a["state_dict"])
 print(f"steps: ddp {a['global_step']}, fsdp {b['global_step']}; largest weight difference {diff:.2e} (bf16 run)")
 PY
+echo "== 5. fp16 + GradScaler + clipping, the paper's --precision amp (${SECONDS}s so far)"
+# 16-mixed on a GPU: the scaler skips overflowing steps (its scale drops) and the run must finish without a
+# NonFiniteLossError or Lightning's "fused optimizer ... gradient clipping" error.
+timeout 120 "$PY" -m lightning_sarclip fit "${common[@]}" --name gpu_check_fp16 --trainer.strategy auto \
+    --trainer.precision 16-mixed --trainer.gradient_clip_val 1.0 --trainer.max_steps 30 \
+    > "$OUT/fit_fp16.log" 2>&1 || { tail -n 30 "$OUT/fit_fp16.log"; exit 1; }
+echo "fp16: 30 steps with loss scaling and clipping finished" | tee "$OUT/fp16.txt"
 echo "done in ${SECONDS}s; figures in $OUT"

@@ -149,3 +149,21 @@ def write_caption_table(root: Path, sizes: dict[str, int], n_captions: int = 5) 
             csv.writer(handle).writerows([("imgpath", "caption"), *table])
         rows[split] = table
     return rows
+
+
+def save_torchscript(model: torch.nn.Module, path: Path, image_size: int = 32, context_length: int = 16) -> None:
+    """A traced archive of an open_clip model shaped like OpenAI's (and SARVLM's released ``.pt``): the
+    hyper-parameters stored as tensors next to the weights."""
+    import copy
+    import warnings
+
+    jit_source = copy.deepcopy(model)
+    del jit_source.context_length, jit_source.vocab_size  # plain ints on open_clip's CLIP, unused in forward
+    jit_source.register_buffer("input_resolution", torch.tensor(image_size))
+    jit_source.register_buffer("context_length", torch.tensor(context_length))
+    jit_source.register_buffer("vocab_size", torch.tensor(49408))
+    example = (torch.zeros(1, 3, image_size, image_size), torch.zeros(1, context_length, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated; OpenAI's files still are TorchScript
+        traced = torch.jit.trace(jit_source, example, check_trace=False)
+        traced.save(str(path))

@@ -15,6 +15,7 @@ import yaml
 from lightning_sarclip.commands import main
 from lightning_sarclip.commands.fit import SARCLIPCLI
 from tests.conftest import REPO_ROOT, TEST_ARCH
+from tests.data.sarvlm_csv.data import generate
 
 TRAINING_CONFIGS = sorted(
     p for p in (REPO_ROOT / "experiments").rglob("*.yaml")
@@ -28,7 +29,7 @@ MODEL = ["--model.init_args.model_name", TEST_ARCH, "--model.init_args.pretraine
 
 
 
-def _data_overrides(config: dict, corpus: Path) -> list[str]:
+def _data_overrides(config: dict, corpus: Path, tmp_path: Path) -> list[str]:
     data_class = config["data"]["class_path"].rsplit(".", 1)[-1]
     common = ["--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "4",
               "--data.init_args.num_workers", "0", "--data.init_args.image_size", "32"]
@@ -37,8 +38,13 @@ def _data_overrides(config: dict, corpus: Path) -> list[str]:
     if data_class == "SyntheticSARDataModule":
         return [*common, "--data.init_args.num_train", "8", "--data.init_args.num_val", "8",
                 "--data.init_args.num_test", "8"]
+    source = config["data"]["init_args"].get("source")
+    if data_class == "SourceDataModule" and source == "image_caption_table":  # paper mode: the released CSVs' layout
+        tables = generate(tmp_path / "SARVLM-1M")
+        return [*common, "--data.init_args.root", str(tables), "--data.init_args.pin_memory", "false",
+                "--data.init_args.source_options.allowed_roots", f"[{tables}]"]
     if data_class == "SourceDataModule":  # the fine-tuning starting points: MSTAR chips as distributed
-        assert config["data"]["init_args"]["source"] == "mstar", "add a fixture root for this source"
+        assert source == "mstar", "add a fixture root for this source"
         return [*common, "--data.init_args.root", str(REPO_ROOT / "tests/data/mstar/jpeg_folders")]
     raise AssertionError(f"no fixture data for {data_class}; add it to this test")
 
@@ -49,6 +55,21 @@ def test_the_paper_recipes_are_all_here():
             "vitb16_openai", "vitl14_remoteclip_staged", "vitl14_remoteclip_wo_mstar",
             "vitl14_remoteclip_wo_opensarship"} <= names
     assert {"openai_vitb32", "laion_vitb32", "remoteclip_vitb32", "georsclip_vitb32"} <= names
+    assert "sarvlm_vitl14_remoteclip" in names  # paper mode (experiments/paper/)
+
+
+def test_paper_mode_keeps_the_released_scripts_settings():
+    """experiments/paper/ is SARVLM's train_tranferclip.sh: a change there must be a deliberate one."""
+    config = yaml.safe_load((REPO_ROOT / "experiments" / "paper" / "sarvlm_vitl14_remoteclip.yaml").read_text())
+    trainer, model, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
+    assert trainer["devices"] * trainer["num_nodes"] * data["batch_size"] == 1024
+    assert (trainer["precision"], trainer["max_epochs"], trainer["gradient_clip_val"]) == ("16-mixed", 10, 1.0)
+    assert (model["model_name"], model["force_quick_gelu"], model["lr"], model["weight_decay"],
+            model["warmup_steps"]) == ("ViT-L-14", False, 5.0e-5, 0.01, 1000)
+    assert "RemoteCLIP-ViT-L-14" in model["pretrained"]
+    assert (model["local_loss"], model["gather_with_grad"]) == (False, False)  # open_clip_train's defaults
+    assert (data["source"], data["epoch_unit"], data["drop_prompt_like"]) == ("image_caption_table", "pairs", False)
+    assert data["source_options"]["separator"] == "," and data["source_options"]["image_column"] == "imgpath"
 
 
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "experiments" / "finetune").glob("*.yaml")), ids=lambda p: p.stem)
@@ -78,5 +99,5 @@ def test_config_prints_and_runs_fast_dev_run(path: Path, fixture_corpus: Path, t
     with redirect_stdout(io.StringIO()), pytest.raises(SystemExit):
         SARCLIPCLI(args=["fit", "--config", str(again), "--print_config"])
     # On the fixtures with the tiny model: one batch of fit.
-    main(["fit", "--config", str(path), *CPU, *MODEL, *_data_overrides(config, fixture_corpus),
+    main(["fit", "--config", str(path), *CPU, *MODEL, *_data_overrides(config, fixture_corpus, tmp_path),
           "--run_root", str(tmp_path), "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false"])

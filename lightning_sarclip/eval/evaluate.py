@@ -17,7 +17,8 @@ Per dataset:
   instead: ``sample_size`` (5,000) unique images of the split with one caption each, drawn by ``seed`` and written
   to ``retrieval_samples/`` next to the results, or exactly the images and captions of a ``sample_file``
   (:mod:`lightning_sarclip.eval.retrieval_sample`). Rows name the protocol (``all``, ``sample5000``,
-  ``file:<name>``), so ``report`` keeps them apart.
+  ``file:<name>``), so ``report`` keeps them apart; zero-shot rows say ``folder_names`` when the prompts hold the
+  class names as the dataset spells them (``prompt_names: false``, the paper's protocol) instead of ours.
 
 Every check that can fail (unknown source, missing root, unreadable template or class-name file, class names
 that do not cover the dataset's labels) runs for all datasets before the first image is embedded.
@@ -70,6 +71,9 @@ class ModelSpec:
         name: the model's name in results and reports (default: derived from ``model_name`` and ``pretrained``).
         in_chans, channel_mode, image_size, image_mean, image_std: SAR input settings (default: the
             checkpoint's, else 1 channel and the architecture's).
+        force_quick_gelu: towers with QuickGELU (OpenAI's activation) instead of the architecture's GELU; ``null``:
+            as our ``.ckpt``'s run was built, else as the open_clip tag says (GELU for files). Set it as the weights
+            were trained: the baselines and the training recipes they are compared with must agree.
         wiseft_from: the zero-shot weights (open_clip tag or file of the same architecture) to interpolate
             with ``pretrained`` (the fine-tuned ones) for WiSE-FT; every dataset is then also evaluated at each
             of ``wiseft_alphas`` (0 = zero-shot weights, 1 = fine-tuned), as ``task: wiseft`` rows.
@@ -85,6 +89,7 @@ class ModelSpec:
     image_size: int | None = None
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
+    force_quick_gelu: bool | None = None
     wiseft_from: str | None = None
     wiseft_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     allow_random_weights: bool = False
@@ -348,6 +353,7 @@ class PreparedDataset:
     classes: ClassNames | None  # zero-shot only
     templates: list[str] | None  # zero-shot only
     ids: list[str] = field(default_factory=list)  # per image: source_id (a source) or record key (a corpus)
+    id_aliases: list[str | None] = field(default_factory=list)  # per image: another name a sample file may use
     protocol: str = "all"  # retrieval protocol of the rows: all, sample<N> or file:<name>
     sample_file: str | None = None  # the sample file read, or written by ``evaluate``
 
@@ -400,7 +406,8 @@ def _prepare_source(spec: DatasetSpec, image_size: int, in_chans: int) -> Prepar
     captions = None
     if spec.task != "zeroshot":
         captions = [_unique(dataset.captioner.captions(r)) for r in records]
-    return _finish(spec, dataset, captions, labels, listing.classnames, [r.source_id for r in records])
+    return _finish(spec, dataset, captions, labels, listing.classnames, [r.source_id for r in records],
+                   [r.metadata.get("imgpath") for r in records])
 
 
 def _prepare_corpus(spec: DatasetSpec, image_size: int, in_chans: int) -> PreparedDataset:
@@ -429,7 +436,8 @@ def _prepare_corpus(spec: DatasetSpec, image_size: int, in_chans: int) -> Prepar
 
 
 def _finish(spec: DatasetSpec, images: Dataset, captions: list[list[str]] | None, labels: list[str | None],
-            dataset_classnames: Sequence[str], ids: list[str]) -> PreparedDataset:
+            dataset_classnames: Sequence[str], ids: list[str], id_aliases: list[str | None] | None = None,
+            ) -> PreparedDataset:
     classes = templates = None
     if spec.task != "retrieval":
         present = sorted({x for x in labels if x is not None})
@@ -446,7 +454,7 @@ def _finish(spec: DatasetSpec, images: Dataset, captions: list[list[str]] | None
         empty = [i for i, c in enumerate(captions) if not c]
         if empty:
             raise ValueError(f"dataset {spec.name!r}: images without captions at positions {empty[:10]}")
-    return _sampled(PreparedDataset(spec, images, captions, labels, classes, templates, ids))
+    return _sampled(PreparedDataset(spec, images, captions, labels, classes, templates, ids, list(id_aliases or [])))
 
 
 def _sampled(prepared: PreparedDataset) -> PreparedDataset:
@@ -461,7 +469,7 @@ def _sampled(prepared: PreparedDataset) -> PreparedDataset:
     assert prepared.captions is not None  # protocol sample is task retrieval (check_dataset_spec)
     if spec.sample_file is not None:
         rows = read_sample(spec.sample_file)
-        positions = select_sample(prepared.ids, rows, spec.sample_file, where)
+        positions = select_sample(prepared.ids, rows, spec.sample_file, where, prepared.id_aliases)
         captions = [caption for _, caption in rows]
         protocol, sample_file = f"file:{Path(spec.sample_file).name}", spec.sample_file
     else:
@@ -469,6 +477,7 @@ def _sampled(prepared: PreparedDataset) -> PreparedDataset:
         protocol, sample_file = f"sample{len(positions)}", None
     return replace(prepared, images=Subset(prepared.images, positions), captions=[[c] for c in captions],
                    labels=[prepared.labels[p] for p in positions], ids=[prepared.ids[p] for p in positions],
+                   id_aliases=[prepared.id_aliases[p] for p in positions] if prepared.id_aliases else [],
                    protocol=protocol, sample_file=sample_file)
 
 
@@ -598,6 +607,17 @@ def evaluate_dataset(model: Any, prepared: PreparedDataset, ks: Sequence[int], n
     return out
 
 
+#: ``protocol`` of zero-shot rows whose prompts hold the class names as the dataset spells them (``prompt_names:
+#: false``): SARVLM's protocol, which fills the templates with the ImageFolder's folder names.
+FOLDER_NAMES = "folder_names"
+
+
+def zeroshot_protocol(spec: DatasetSpec) -> str:
+    """``all`` (our prompts: natural-language prompt names) or :data:`FOLDER_NAMES`, so ``report`` never merges a
+    paper-protocol score with ours; the templates themselves are in every row (``templates``, ``config``)."""
+    return "all" if spec.prompt_names else FOLDER_NAMES
+
+
 def result_rows(config: EvalConfig, loaded: Any, model_label: str, prepared: PreparedDataset,
                 metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``results.jsonl`` rows of one dataset's metrics."""
@@ -613,7 +633,8 @@ def result_rows(config: EvalConfig, loaded: Any, model_label: str, prepared: Pre
              "image_size": loaded.image_size, "in_chans": loaded.in_chans}
     rows = []
     for metric, value in metrics.get("zeroshot", {}).items():
-        rows.append({**common, "task": "zeroshot", "metric": metric, "value": value,
+        rows.append({**common, "task": "zeroshot", "protocol": zeroshot_protocol(spec), "metric": metric,
+                     "value": value,
                      "templates": prepared.templates, "classnames": prepared.classes.prompts,
                      "extra": {**extra, "num_scored": metrics["num_scored"], "labels": prepared.classes.names}})
     retrieval = dict(metrics.get("retrieval", {}))
@@ -731,7 +752,8 @@ def run_wise_ft(config: EvalConfig, loaded: Any, model_label: str, prepared: lis
 
     spec = config.model
     zeroshot = load_model(loaded.name, spec.wiseft_from, in_chans=loaded.in_chans, channel_mode=spec.channel_mode,
-                          image_size=loaded.image_size, image_mean=spec.image_mean, image_std=spec.image_std)
+                          image_size=loaded.image_size, image_mean=spec.image_mean, image_std=spec.image_std,
+                          force_quick_gelu=spec.force_quick_gelu)
     finetuned_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
     rows: list[dict[str, Any]] = []
 
@@ -775,7 +797,8 @@ def run(config: EvalConfig) -> list[dict[str, Any]]:
     spec = config.model
     loaded = load_model(spec.model_name, spec.pretrained, in_chans=spec.in_chans, channel_mode=spec.channel_mode,
                         image_size=spec.image_size, image_mean=spec.image_mean, image_std=spec.image_std,
-                        device=device, allow_random_weights=spec.allow_random_weights)
+                        force_quick_gelu=spec.force_quick_gelu, device=device,
+                        allow_random_weights=spec.allow_random_weights)
     model_label = default_model_name(spec, loaded.name)
     prepared = [prepare_dataset(d, loaded.image_size, loaded.in_chans) for d in config.datasets]
     output = Path(config.output)

@@ -11,8 +11,9 @@ Why: numbers in a paper table should be derived, never typed. This reads ``resul
 Published numbers (``published.json`` next to this module: RemoteCLIP, GeoRSCLIP, SkyCLIP on their optical
 benchmarks, and what is known of SARVLM's) are listed under ours for the datasets we evaluated, marked
 "published" with their source. A number a source reports but that could not be read is shown as "–", never
-guessed. Rows that scored a retrieval sample (``protocol`` ``sample5000``, ``file:<name>``) are tables and columns of
-their own, labelled ``dataset (split, protocol)``, never merged with the whole split's. When the same (model,
+guessed. Rows that scored a retrieval sample (``protocol`` ``sample5000``, ``file:<name>``), and zero-shot rows
+prompted with the class names as spelled (``folder_names``, the paper's protocol), are tables and columns of their
+own, labelled ``dataset (split, protocol)``, never merged with the whole split's or our prompts'. When the same (model,
 checkpoint_hash, dataset, split, protocol, task, metric) appears more than once, the latest
 row (by ``time``, then by position in the files) wins, so re-running an evaluation updates the report.
 """

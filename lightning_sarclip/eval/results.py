@@ -9,7 +9,8 @@ split, the task, the templates and class names used, the full evaluation config,
 
 Row keys: ``model``, ``checkpoint``, ``checkpoint_hash``, ``dataset``, ``split``, ``protocol`` (``all`` = the
 whole split; ``sample5000`` = 5,000 unique images with one caption each, drawn; ``file:<name>`` = the sample in
-that file; see :mod:`lightning_sarclip.eval.retrieval_sample`), ``task`` (``zeroshot``,
+that file; see :mod:`lightning_sarclip.eval.retrieval_sample`; for zero-shot rows ``all`` = our prompt names,
+``folder_names`` = the class names as the dataset spells them, the paper's prompts), ``task`` (``zeroshot``,
 ``retrieval``, ``linear_probe``, ``kshot``, ``knn``, ``wiseft``), ``metric`` (``top1``, ``mean_per_class``,
 ``i2t_R@1``, ``mean_recall`` ...), ``value`` (a fraction in [0, 1] for accuracies and recalls), ``templates``
 (list of strings or null), ``classnames`` (list or null), ``config`` (dict), ``extra`` (dict: k-shot k, alpha,

@@ -9,8 +9,8 @@ and reads it back; the recalls themselves come from the one retrieval implementa
 
 The file is a CSV with the released file's columns ``imgpath`` and ``caption``, one row per image. ``imgpath`` is
 the image's id in the evaluated dataset: the record's ``source_id`` for a source (for ``image_caption_table`` that is
-the table's own ``imgpath``, relative to the table's folder, so the paper's released file scores as is against the
-val table it was drawn from), the record key ``<source>:<source_id>`` for a built corpus (ids are unique per source
+the table's own ``imgpath``, relative to the table's folder, or the cell as the table spells it, so the paper's
+released file scores as is against the val table it was drawn from), the record key ``<source>:<source_id>`` for a built corpus (ids are unique per source
 only).
 """
 
@@ -107,10 +107,15 @@ def read_sample(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 def select_sample(ids: Sequence[str], rows: Sequence[tuple[str, str]], path: str | os.PathLike,
-                  where: str) -> list[int]:
+                  where: str, aliases: Sequence[str | None] = ()) -> list[int]:
     """Positions into ``ids`` of a sample's images, in the file's order; an image the dataset does not hold is an
-    error naming the file, the line and a few of the dataset's ids."""
-    first = _first_positions(ids)
+    error naming the file, the line and a few of the dataset's ids.
+
+    ``aliases[i]``: another name of image ``i`` that a sample may use (for ``image_caption_table``, the table's own
+    ``imgpath`` cell: an absolute path inside the table's folder has a relative source id, while a sample drawn
+    from the table, such as SARVLM's released one, repeats the cell as written)."""
+    first = {**_first_positions([a or "" for a in aliases]), **_first_positions(ids)}
+    first.pop("", None)
     positions = []
     for line, (image_id, _) in enumerate(rows, start=2):
         if image_id not in first:

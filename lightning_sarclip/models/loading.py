@@ -109,6 +109,7 @@ def load_model(
     image_size: int | None = None,
     image_mean: list[float] | None = None,
     image_std: list[float] | None = None,
+    force_quick_gelu: bool | None = None,
     device: str | torch.device = "cpu",
     allow_random_weights: bool = False,
 ) -> LoadedModel:
@@ -116,6 +117,11 @@ def load_model(
 
     For our ``.ckpt`` the architecture and SAR settings come from its hyper-parameters; explicit arguments
     override them. Otherwise ``model_name`` is required and ``in_chans`` defaults to 1.
+
+    ``force_quick_gelu``: build the towers with QuickGELU, as the weights were trained (``None``: as our ``.ckpt``'s
+    run was built, else GELU unless the open_clip tag says QuickGELU). A file carries no activation, so a checkpoint
+    fine-tuned as ``ViT-L-14`` (GELU, SARVLM's released SARCLIP) and one kept in OpenAI's QuickGELU (our
+    ``vitl14_remoteclip`` recipe) need it said: evaluated with the other activation, every layer's output shifts.
 
     Without weights (a bare architecture name and no ``pretrained``) it raises :class:`RandomWeightsError`: the
     commands built on it (``evaluate``, ``embed``) would otherwise label, embed or score with a randomly
@@ -153,7 +159,8 @@ def load_model(
             channel_mode=settings["channel_mode"],
             image_mean=settings["image_mean"],
             image_std=settings["image_std"],
-            force_quick_gelu=bool(hparams.get("force_quick_gelu", False)),
+            force_quick_gelu=bool(hparams.get("force_quick_gelu", False) if force_quick_gelu is None
+                                  else force_quick_gelu),
         )
     model = created.model
     if lightning_ckpt:

@@ -231,6 +231,11 @@ class SARCLIPModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self._trainer is not None:
             data_parallel_mesh(self.trainer.strategy)  # unsupported strategy settings fail here, before any step
+            if self.hparams.accum_freq > 1 and self._grad_scaler() is not None:
+                # The chunked backward clips before Lightning's step unscales the gradients: the norm would be that
+                # of the scaled gradients, so clipping (and the guard) would be wrong by the loss scale.
+                raise ValueError("model.accum_freq > 1 does not combine with trainer.precision 16-mixed (a GradScaler); "
+                                 "use bf16-mixed, or accum_freq: 1")
             if self._stats_from_data:
                 self._measure_statistics()
         # open_clip bakes rank and world size into the loss; only now does the trainer know them.
@@ -417,11 +422,20 @@ class SARCLIPModule(pl.LightningModule):
         the flag only every ``host_sync_every_n_steps`` and at every checkpoint (:meth:`check_step_flags`) and
         stops the run there, so neither the weights nor any checkpoint ever holds a non-finite update.
 
-        Where the optimizer cannot take ``found_inf`` (not fused) or a ``GradScaler`` owns it (``16-mixed``), the
-        flag is read here, every step, and the run stops before the optimizer step.
+        Where the optimizer cannot take ``found_inf`` (not fused), the flag is read here, every step, and the run
+        stops before the optimizer step.
+
+        Under a ``GradScaler`` (``16-mixed``) non-finite *gradients* are the scaler's business: an overflow of the
+        scaled fp16 gradients is expected now and then (the scaler skips that step and lowers its scale), so only a
+        non-finite *loss* stops the run here: scaling cannot cause one, and lowering the scale cannot cure it.
         """
         guard = self._finite_guard
         if guard is None:  # no loss went through _nonfinite_factor (a custom training_step)
+            return
+        if self._grad_scaler() is not None:
+            found = (~torch.isfinite(guard.last_loss)).to(guard.skip.dtype)
+            self._flag_step(guard, found)
+            self.check_step_flags(steps_done=self.global_step + 1)  # the scaler reads its own flag every step too
             return
         grads: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         trained = self._stage.trained if self._stage is not None else [
@@ -437,18 +451,26 @@ class SARCLIPModule(pl.LightningModule):
             torch._amp_foreach_non_finite_check_and_unscale_(tensors, flag, guard.one.to(device))  # x 1: exact
             if flag is not found:
                 found = torch.maximum(found, flag.to(found.device))
-        guard.first_loss = torch.where(guard.skip > 0, guard.first_loss, guard.last_loss.float())
-        torch.maximum(guard.skip, found, out=guard.skip)
-        guard.skipped.add_(guard.skip)
+        self._flag_step(guard, found)
         if self._device_skip(optimizer):
             optimizer.found_inf = guard.skip
         else:
             self.check_step_flags(steps_done=self.global_step + 1)  # raises before this step's update
 
+    @staticmethod
+    def _flag_step(guard: _FiniteGuard, found: torch.Tensor) -> None:
+        """Record this step's non-finite flag ``found`` (0-d, on the device): sticky skip flag, count, first loss."""
+        guard.first_loss = torch.where(guard.skip > 0, guard.first_loss, guard.last_loss.float())
+        torch.maximum(guard.skip, found, out=guard.skip)
+        guard.skipped.add_(guard.skip)
+
+    def _grad_scaler(self) -> Any:
+        """The trainer's ``GradScaler`` (``precision: 16-mixed``), or ``None``."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
     def _device_skip(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether the optimizer skips a flagged step on the device (fused, and no GradScaler replacing the flag)."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
-        return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and scaler is None
+        return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and self._grad_scaler() is None
 
     @property
     def host_sync_interval(self) -> int:
@@ -539,9 +561,12 @@ class SARCLIPModule(pl.LightningModule):
             for (group, no_decay), params in groups.items()
         ]
         # Fused where the device has the kernel: besides being the fastest AdamW, it takes ``found_inf``, which
-        # keeps a non-finite step out of the weights without a host-device sync (_guard_update).
+        # keeps a non-finite step out of the weights without a host-device sync (_guard_update). Not under a
+        # GradScaler (16-mixed): Lightning leaves a fused optimizer's gradients scaled until its step and so refuses
+        # gradient clipping with it (the paper's recipe clips at 1.0); unfused, Lightning unscales them first.
         params = [p for group in param_groups for p in group["params"]]
-        fused = all(p.is_floating_point() and p.device.type in fused_adamw_devices() for p in params) or None
+        fused = (self._grad_scaler() is None
+                 and all(p.is_floating_point() and p.device.type in fused_adamw_devices() for p in params)) or None
         return torch.optim.AdamW(param_groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), eps=self.hparams.eps,
                                  fused=fused)
 

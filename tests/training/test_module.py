@@ -213,6 +213,42 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in module.parameters())
 
 
+def _fp16_plugin(init_scale: float = 2.0**16, backoff: float = 0.5):
+    """``precision: 16-mixed`` as Lightning builds it on a GPU (fp16 autocast + GradScaler), here on the CPU: the
+    Trainer itself turns ``16-mixed`` on a CPU into ``bf16-mixed``, so the plugin is passed explicitly."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, backoff_factor=backoff)
+    return MixedPrecision("16-mixed", "cpu", scaler=scaler)
+
+
+def test_fp16_with_a_grad_scaler_clips_and_survives_overflow(tmp_path):
+    """The paper's recipe (amp = fp16 + loss scaling, gradient clipping 1.0): the optimizer is not fused (Lightning
+    refuses to clip with a fused one under a scaler), and a scaled-gradient overflow is skipped by the scaler, which
+    lowers its scale, instead of being taken for a non-finite loss by the module's guard."""
+    plugin = _fp16_plugin(init_scale=2.0**60, backoff=2.0**-50)  # the first step's scaled gradients overflow fp16
+    module = SARCLIPModule(model_name=TEST_ARCH, lr=1e-3, warmup_steps=1)
+    start = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = _trainer(tmp_path, plugins=[plugin], gradient_clip_val=1.0, limit_train_batches=3)
+    trainer.fit(module, RandomPairsDataModule())
+    assert trainer.global_step == 3
+    optimizer = trainer.optimizers[0]
+    assert not optimizer.defaults.get("fused")
+    assert plugin.scaler.get_scale() < 2.0**60  # it backed off: at least one step overflowed and was skipped
+    steps = {float(s["step"]) for s in optimizer.state.values() if "step" in s}
+    assert steps and max(steps) < 3  # the overflowing step left AdamW untouched
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in module.parameters())
+    assert any(not torch.equal(v, start[k]) for k, v in module.state_dict().items())  # later steps did train
+
+
+def test_fp16_a_nan_loss_still_stops_the_run(tmp_path):
+    from lightning_sarclip.training.module import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="global step 1 "):
+        _trainer(tmp_path, plugins=[_fp16_plugin()], gradient_clip_val=1.0, limit_train_batches=3).fit(
+            _poisoned_module(1), RandomPairsDataModule())
+
+
 @pytest.mark.slow
 def test_compiled_towers_match_eager_and_keep_parameter_names():
     batch = next(iter(RandomPairsDataModule(batch_size=4).train_dataloader()))
@@ -352,3 +388,9 @@ def test_scalars_only_loggers_read_are_logged_fresh_at_log_steps(tmp_path):
         expected = 1e-3 * cosine_with_warmup(int(row["step"]), 4, 1)
         assert float(row["train/lr"]) == pytest.approx(expected)
         assert float(row["train/logit_scale"]) > 0 and float(row["train/loss"]) > 0
+
+
+def test_fp16_refuses_feature_cache_accumulation(tmp_path):
+    module = SARCLIPModule(model_name=TEST_ARCH, accum_freq=2, grad_clip_norm=1.0)
+    with pytest.raises(ValueError, match="accum_freq > 1 does not combine with trainer.precision 16-mixed"):
+        _trainer(tmp_path, plugins=[_fp16_plugin()]).fit(module, RandomPairsDataModule(batch_size=4))

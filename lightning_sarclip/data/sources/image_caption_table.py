@@ -264,9 +264,11 @@ class ImageCaptionTable(SARSource):
                         continue
                     raise SourceFormatError(path, self.image_column,
                                             f"an existing image file (row {row_number})", str(image))
+                # ``imgpath`` as the table spells it: a retrieval sample file drawn from this table (SARVLM's
+                # released one holds the authors' absolute paths) names images by it, not by the source id.
                 record = SARRecord(self.name, source_id, split,
                                    ImageRef(str(image), format=self.image_format),
-                                   metadata={"table": path.name})
+                                   metadata={"table": path.name, "imgpath": str(row.get(self.image_column)).strip()})
                 grouped[key] = record
             record.captions.extend(captions)
             record.labels.extend(label for label in labels if label not in record.labels)

@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from lightning_sarclip.models.checkpoints import CheckpointError, LoadReport, load_checkpoint, read_state_dict
 from lightning_sarclip.models.registry import register_model_configs
+from tests.helpers import save_torchscript
 
 ARCH = "SARCLIP-ViT-Test-32"
 OPENAI_EXTRAS = {"input_resolution", "context_length", "vocab_size"}
@@ -102,20 +103,6 @@ def _safetensors(model: torch.nn.Module, path: Path) -> None:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
-def _torchscript(model: torch.nn.Module, path: Path) -> None:
-    """A traced archive shaped like OpenAI's: hyper-parameters stored as tensors next to the weights."""
-    jit_source = copy.deepcopy(model)
-    del jit_source.context_length, jit_source.vocab_size  # plain ints on open_clip's CLIP, unused in forward
-    jit_source.register_buffer("input_resolution", torch.tensor(32))
-    jit_source.register_buffer("context_length", torch.tensor(16))
-    jit_source.register_buffer("vocab_size", torch.tensor(49408))
-    example = (torch.zeros(1, 3, 32, 32), torch.zeros(1, 16, dtype=torch.long))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated; OpenAI's files still are TorchScript
-        traced = torch.jit.trace(jit_source, example, check_trace=False)
-        traced.save(str(path))
-
-
 FORMATS: dict[str, tuple[str, Callable[[torch.nn.Module, Path], None]]] = {
     "raw_pt": ("w.pt", _raw),
     "raw_bin": ("pytorch_model.bin", _raw),
@@ -125,7 +112,7 @@ FORMATS: dict[str, tuple[str, Callable[[torch.nn.Module, Path], None]]] = {
     "compile_orig_mod_prefix": ("w.pt", _compiled),
     "safetensors": ("open_clip_model.safetensors", _safetensors),
     "safetensors_misnamed_bin": ("w.bin", _safetensors),
-    "torchscript": ("ViT-Test.pt", _torchscript),
+    "torchscript": ("ViT-Test.pt", save_torchscript),
 }
 
 
@@ -160,7 +147,7 @@ def test_every_format_round_trips(fmt: str, source, target, tmp_path: Path, capl
 def test_torchscript_module_object_is_accepted(source, target, tmp_path: Path) -> None:
     """RemoteCLIP issue #8: users hand over the object torch.jit.load returned instead of a state_dict."""
     path = tmp_path / "jit.pt"
-    _torchscript(source, path)
+    save_torchscript(source, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, OpenAI files are not
         jit_module = torch.jit.load(str(path), map_location="cpu")
@@ -463,7 +450,7 @@ def _write_bad(kind: str, path: Path, tmp_path: Path) -> None:
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
     elif kind == "truncated_torchscript":
-        _torchscript(_clip(0), path)
+        save_torchscript(_clip(0), path)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
     elif kind == "random_bytes":
