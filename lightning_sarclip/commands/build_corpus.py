@@ -14,8 +14,9 @@ import logging
 from typing import Any
 
 from lightning_sarclip.commands.config import parse_dataclass_config
-from lightning_sarclip.data.corpus import build_corpus, stats_markdown
+from lightning_sarclip.data.corpus import build_corpus
 from lightning_sarclip.data.corpus_config import CorpusConfig, CorpusConfigError
+from lightning_sarclip.data.corpus_report import report_markdown
 from lightning_sarclip.data.corpus_resume import SourceChangedError
 
 
@@ -41,6 +42,6 @@ def main(args: list[str]) -> dict[str, Any]:
         summary = build_corpus(config)
     except (CorpusConfigError, SourceChangedError) as err:
         raise SystemExit(f"build-corpus: {err}") from err
-    print(stats_markdown(summary["stats"]), end="")
+    print(report_markdown(summary["stats"], config.reference, summary["leakage"]), end="")
     print(status_line(summary))
     return summary

@@ -12,7 +12,8 @@ Output folder::
     manifest.parquet               one row per image-caption pair: source, source_id, split, caption_index,
                                    caption_style, image_hash, phash, shard, row, status
     variants/<name>.parquet        the kept pairs of each held-out variant (e.g. without MSTAR)
-    stats.md                       per-source table shaped like the paper's (train/val images and captions, test pairs)
+    stats.md                       per-source table shaped like the paper's (train/val images and captions, test pairs),
+                                   beside the ``reference`` table when the config names one, and each variant's leakage
     build_state.json               progress, for resuming
     rewriter_cache/                the caption rewriter's answers, when the config has one (``rewriter_cache``
                                    puts them elsewhere; :mod:`~lightning_sarclip.data.rewriters`)
@@ -50,9 +51,10 @@ How it works, and why:
    temporary files are removed when their destinations are written again. Memory is one shard's rows plus the
    listed keys. Non-finite pixels that a policy replaced (``nonfinite: zero``) are counted per shard in
    ``build_state.json`` and reported (``nonfinite_pixels_replaced``).
-2. **Decide.** From the hashes alone (no pixels): images whose perceptual hashes differ by at most
-   ``phash_distance`` bits are one group (SARDet-100K, SARLANG-1M and others re-publish the same images). In a
-   group, test beats val beats train: an image that is in any test split never reaches train or val, and one
+2. **Decide.** From the stored hashes (and, for candidate pairs only, the stored pixels): identical pixels, or
+   perceptual hashes within ``phash_distance`` bits whose pixels agree (``min_pixel_correlation``), are one group
+   (:mod:`~lightning_sarclip.data.corpus_dedup`; SARDet-100K, SARLANG-1M and others re-publish the same images).
+   In a group, test beats val beats train: an image that is in any test split never reaches train or val, and one
    in val never reaches train (``status`` ``leak``); among copies in the same split the first source wins
    (``duplicate``). Sources without official splits (``split: all``) are split by a stable hash of their
    ``source_id`` (or a ``group_by`` metadata key, so that e.g. SAMPLE's measured/simulated pairs stay together).
@@ -69,7 +71,7 @@ import logging
 import re
 import tarfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +94,8 @@ from lightning_sarclip.data.corpus_config import (
     reader_problems,
     validate_config,
 )
+from lightning_sarclip.data.corpus_dedup import PixelLoader, near_duplicate_groups
+from lightning_sarclip.data.corpus_report import corpus_stats, leakage_counts, report_markdown, stats_markdown
 from lightning_sarclip.data.corpus_resume import (
     KEY_CHARS,
     ResumePlan,
@@ -154,6 +158,7 @@ __all__ = [
     "split_of",
     "stats_markdown",
     "store_pixels",
+    "stored_pixels",
     "survey_sources",
     "validate_config",
 ]
@@ -337,22 +342,46 @@ class BuildState:
 #: Settings added after corpora were built, left out of the config hash at their default (which is what those
 #: corpora were built with), so that existing builds still resume and finalise.
 _HASHED_UNLESS_DEFAULT = {"drop_prompt_like": True, "rewriter": None}
+#: Source entry settings likewise (an existing config's entries hash as they did).
+_SOURCE_HASHED_UNLESS_DEFAULT: dict[str, Any] = {"rename_splits": {}}
+#: Settings that change no stored shard: they are applied when finalising (decisions, variants, reports), which
+#: every run does again from the stored hashes and pixels. Changing them re-decides a corpus instead of refusing
+#: it. Builds whose state holds the hash of earlier releases (these settings included) still match
+#: (:func:`_config_hashes`).
+_FINALIZE_ONLY = ("phash_distance", "min_pixel_correlation", "held_out", "reference")
 
 
 def _config_hash(config: CorpusConfig) -> str:
+    """The hash of everything the stored shards depend on."""
+    return _config_hashes(config)[0]
+
+
+def _config_hashes(config: CorpusConfig) -> tuple[str, str]:
+    """The config's hash, and the form of earlier releases (which also hashed ``phash_distance`` and
+    ``held_out``), which an existing build's ``build_state.json`` may hold."""
     payload = asdict(config)
     payload.pop("progress_every", None)
     payload.pop("rewriter_cache", None)  # where answers are kept changes no caption
     for name, default in _HASHED_UNLESS_DEFAULT.items():
         if payload.get(name) == default:
             payload.pop(name)
+    for source in payload["sources"] if isinstance(payload.get("sources"), list) else []:
+        for name, default in _SOURCE_HASHED_UNLESS_DEFAULT.items():
+            if isinstance(source, dict) and source.get(name) == default:
+                source.pop(name)
+    legacy = {k: v for k, v in payload.items() if k not in ("min_pixel_correlation", "reference")}
+    current = {k: v for k, v in payload.items() if k not in _FINALIZE_ONLY}
+    return _digest(current), _digest(legacy)
+
+
+def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _load_state(out: Path, config: CorpusConfig) -> BuildState:
     """The state of an earlier build in ``out`` (read only: nothing is written before the sources are listed)."""
     path = out / "build_state.json"
-    expected = _config_hash(config)
+    expected, legacy = _config_hashes(config)
     if not path.exists():
         return BuildState(config_hash=expected)
     try:
@@ -361,7 +390,7 @@ def _load_state(out: Path, config: CorpusConfig) -> BuildState:
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: expected a build-corpus state file ({err}); choose another output folder or "
                          "delete it") from err
-    if state.config_hash != expected:
+    if state.config_hash not in (expected, legacy):
         raise ValueError(
             f"{out}: holds a build of a different configuration (build_state.json config_hash "
             f"{state.config_hash} != {expected}); choose another output folder or delete it"
@@ -541,60 +570,15 @@ def captions_and_styles(captioner: Captioner, record: SARRecord) -> tuple[list[s
 
 
 # ---------------------------------------------------------------------------------------------- decide
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def near_duplicate_groups(phashes: np.ndarray, image_hashes: list[str], max_distance: int) -> np.ndarray:
-    """Group ids: identical pixels, or perceptual hashes within ``max_distance`` bits (multi-index search:
-    with ``max_distance + 1`` bands, two hashes that close share at least one band exactly)."""
-    n = len(phashes)
-    uf = _UnionFind(n)
-    first_of: dict[str, int] = {}
-    for i, h in enumerate(image_hashes):
-        if h in first_of:
-            uf.union(first_of[h], i)
-        else:
-            first_of[h] = i
-    if max_distance >= 0 and n:
-        bands = max_distance + 1
-        width = 64 // bands
-        values = phashes.astype(np.uint64)
-        for b in range(bands):
-            bits = width if b < bands - 1 else 64 - b * width
-            keys = (values >> np.uint64(b * width)) & np.uint64((1 << bits) - 1)
-            order = np.argsort(keys, kind="stable")
-            sorted_keys = keys[order]
-            # Runs of equal band value (sorted, not a dict of lists: memory stays a few arrays per band).
-            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-            ends = np.r_[starts[1:], n]
-            for lo, hi in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True):
-                members = order[lo:hi].tolist()
-                for x_pos, x in enumerate(members):
-                    for y in members[x_pos + 1 :]:
-                        if uf.find(x) != uf.find(y) and bin(int(values[x]) ^ int(values[y])).count("1") <= max_distance:
-                            uf.union(x, y)
-    return np.array([uf.find(i) for i in range(n)], dtype=np.int64)
-
-
-def decide(images: pa.Table, max_distance: int) -> tuple[list[str], np.ndarray]:
-    """Per image: ``kept`` / ``leak`` / ``duplicate``, and its near-duplicate group id."""
+def decide(images: pa.Table, max_distance: int, pixels: PixelLoader | None = None,
+           min_correlation: float = 0.0) -> tuple[list[str], np.ndarray]:
+    """Per image: ``kept`` / ``leak`` / ``duplicate``, and its near-duplicate group id
+    (:func:`~lightning_sarclip.data.corpus_dedup.near_duplicate_groups`: ``pixels`` loads image ``i``'s stored
+    pixels to verify a candidate pair)."""
     splits = images.column("split").to_pylist()
     groups = near_duplicate_groups(
         np.array(images.column("phash").to_pylist(), dtype=np.uint64), images.column("image_hash").to_pylist(),
-        max_distance,
+        max_distance, pixels, min_correlation,
     )
     best_split: dict[int, int] = {}
     for g, s in zip(groups.tolist(), splits, strict=True):
@@ -613,13 +597,40 @@ def decide(images: pa.Table, max_distance: int) -> tuple[list[str], np.ndarray]:
 
 
 
+def stored_pixels(out: Path, state: BuildState) -> PixelLoader:
+    """``index -> uint8 (C, H, W)``: the stored pixels of the corpus's ``index``-th image (shards in order), read
+    only when asked (a near-duplicate candidate is verified); the last shard read stays open."""
+    starts = np.array([s["first"] for s in state.shards], dtype=np.int64)
+    opened: dict[str, Any] = {}
+
+    def load(index: int) -> np.ndarray:
+        shard = state.shards[int(np.searchsorted(starts, index, side="right")) - 1]
+        path = out / "shards" / shard["file"]
+        if shard["file"] not in opened:
+            opened.clear()
+            opened[shard["file"]] = (read_shard(path).column("png") if path.suffix == ".arrow"
+                                     else _tar_pngs(path))
+        data = opened[shard["file"]][index - shard["first"]]
+        data = data.as_py() if hasattr(data, "as_py") else data
+        return (decode_png(data) * 255 + 0.5).astype(np.uint8)
+
+    return load
+
+
+def _tar_pngs(path: Path) -> list[bytes]:
+    """The PNGs of a WebDataset shard, in row order."""
+    with tarfile.open(path) as tar:
+        return [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".png")]  # type: ignore[union-attr]
+
+
 def finalize(out: Path, config: CorpusConfig, state: BuildState) -> dict[str, Any]:
     """Decide, then write manifest, variants and stats (each atomically) from the shards' side files."""
     # Only the columns the decision and the manifest need: captions and metadata stay in the shards.
     needed = ["key", "source", "source_id", "split", "styles", "image_hash", "phash"]
     metas = [pq.read_table(out / "shards" / meta_file(s["file"]), columns=needed) for s in state.shards]
     images = pa.concat_tables(metas) if metas else pa.schema([SHARD_SCHEMA.field(n) for n in needed]).empty_table()
-    status, groups = decide(images, config.phash_distance)
+    pixels = stored_pixels(out, state)
+    status, groups = decide(images, config.phash_distance, pixels, config.min_pixel_correlation)
     # Per image: where it is stored, its decision and group. Expanded to one row per caption with Arrow
     # kernels (no per-pair Python objects), so finalising stays cheap at millions of pairs.
     shard_of = pa.array([s["file"] for s in state.shards for _ in range(s["records"])], pa.string())
@@ -642,42 +653,19 @@ def finalize(out: Path, config: CorpusConfig, state: BuildState) -> dict[str, An
     _write_table(manifest, out / "manifest.parquet")
     variants_dir = out / "variants"
     variants_dir.mkdir(exist_ok=True)
-    variant_counts = {}
+    variant_counts, leakage = {}, {}
     for name, held in config.held_out.items():
         held_groups = pc.unique(pc.filter(per_image["group"], pc.is_in(per_image["source"], pa.array(held))))
-        keep = pc.and_(pc.equal(manifest.column("status"), "kept"),
-                       pc.invert(pc.is_in(manifest.column("group"), held_groups)))
-        variant = manifest.filter(keep)
+        keep_image = pc.and_(pc.equal(per_image["status"], "kept"),
+                             pc.invert(pc.is_in(per_image["group"], held_groups)))
+        variant = manifest.filter(pc.take(keep_image, repeat))
         _write_table(variant, variants_dir / f"{name}.parquet")
         variant_counts[name] = variant.num_rows
+        # An independent check of what was just written: train images of the variant that are near-duplicates
+        # of a held-out source's images (0 unless the rule or the variant code is wrong).
+        leakage[name] = leakage_counts(images, keep_image.to_numpy(zero_copy_only=False), held,
+                                       config.phash_distance, pixels, config.min_pixel_correlation)
     stats = corpus_stats(manifest)
-    _write_text(out / "stats.md", stats_markdown(stats))
+    _write_text(out / "stats.md", report_markdown(stats, config.reference, leakage))
     return {"output": str(out), "images": images.num_rows, "pairs": manifest.num_rows, "status": dict(Counter(status)),
-            "variants": variant_counts, "stats": stats}
-
-
-def corpus_stats(manifest: pa.Table) -> dict[str, dict[str, int]]:
-    """Per source (kept pairs only): train/val images and captions, test pairs (the paper's columns)."""
-    kept = manifest.filter(pc.equal(manifest.column("status"), "kept"))
-    grouped = kept.group_by(["source", "split"]).aggregate([("key", "count"), ("key", "count_distinct")])
-    table: dict[str, dict[str, int]] = defaultdict(dict)
-    for row in grouped.to_pylist():
-        if row["split"] == "test":
-            table[row["source"]]["test_pairs"] = row["key_count"]
-        else:
-            table[row["source"]][f"{row['split']}_captions"] = row["key_count"]
-            table[row["source"]][f"{row['split']}_images"] = row["key_count_distinct"]
-    return dict(table)
-
-
-def stats_markdown(stats: dict[str, dict[str, int]]) -> str:
-    columns = ["train_images", "train_captions", "val_images", "val_captions", "test_pairs"]
-    header = "| Dataset | # Train Imgs | # Train Caps | # Val Imgs | # Val Caps | # Test Pairs |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|"]
-    totals = Counter()
-    for source in sorted(stats):
-        values = [stats[source].get(c, 0) for c in columns]
-        totals.update(dict(zip(columns, values, strict=True)))
-        lines.append(f"| {source} | " + " | ".join(f"{v:,}" for v in values) + " |")
-    lines.append("| **total** | " + " | ".join(f"**{totals.get(c, 0):,}**" for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+            "variants": variant_counts, "leakage": leakage, "stats": stats}

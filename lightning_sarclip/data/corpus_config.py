@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_sarclip.data.captions import STYLES
+from lightning_sarclip.data.corpus_report import REFERENCE_COUNTS
 from lightning_sarclip.data.listing import DETECTION_MODES, SourceListing
 from lightning_sarclip.data.rewriters import rewriter_problems
 from lightning_sarclip.data.sources import get_source
@@ -70,6 +71,8 @@ class CorpusSource:
         val_fraction, test_fraction: used when the source has no official split.
         group_by: metadata key that must not be split across train/val/test (for ``split: all`` sources).
         max_images: cap per split (for quick builds and tests); ``None`` takes everything.
+        rename_splits: the corpus split that records of a reader split go to, e.g. ``{test: val}`` puts a
+            dataset's held-out chips in the corpus's val split (the paper's ATRNet-STAR); others keep theirs.
     """
 
     name: str
@@ -83,6 +86,7 @@ class CorpusSource:
     test_fraction: float = 0.1
     group_by: str | None = None
     max_images: int | None = None
+    rename_splits: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +98,12 @@ class CorpusConfig:
     ``rewriter`` (``{class_path, init_args}``, an object with ``rewrite(record, captions) -> list[str]`` applied
     last) and ``rewriter_cache`` (the folder of its answers, default ``<output>/rewriter_cache``; share one between
     builds so that a rebuild elsewhere does not call it again): see :mod:`lightning_sarclip.data.rewriters`.
+
+    De-duplication (:mod:`lightning_sarclip.data.corpus_dedup`): images whose perceptual hashes differ by at most
+    ``phash_distance`` bits are candidates, a copy when their stored pixels correlate at least
+    ``min_pixel_correlation`` once aligned (0: every candidate is a copy, the rule before verification).
+    ``reference`` names a published table to print our counts against (``sarvlm1m``:
+    :data:`~lightning_sarclip.data.corpus_report.REFERENCE_COUNTS`).
     """
 
     output: str
@@ -104,11 +114,13 @@ class CorpusConfig:
     shard_size: int = 1000
     format: str = "arrow"
     phash_distance: int = 3
+    min_pixel_correlation: float = 0.9
     held_out: dict[str, list[str]] = field(default_factory=dict)
     progress_every: int = 1000
     drop_prompt_like: bool = True
     rewriter: dict[str, Any] | None = None
     rewriter_cache: str | None = None
+    reference: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -189,6 +201,11 @@ def _settings_problems(config: CorpusConfig) -> list[str]:
         problems.append(f"format: expected one of {list(FORMATS)}, got {config.format!r}")
     problems += _int_problems("phash_distance", config.phash_distance, 0, 64)  # bits of a 64-bit hash
     problems += _int_problems("progress_every", config.progress_every, 1)
+    correlation = config.min_pixel_correlation
+    if not ((_is_int(correlation) or isinstance(correlation, float)) and 0 <= correlation <= 1):
+        problems.append(f"min_pixel_correlation: expected a number in [0, 1] (0: no pixel check), got {correlation!r}")
+    if config.reference is not None and config.reference not in REFERENCE_COUNTS:
+        problems.append(f"reference: expected null or one of {sorted(REFERENCE_COUNTS)}, got {config.reference!r}")
     return problems
 
 
@@ -220,7 +237,17 @@ def _source_problems(index: int, spec: Any) -> list[str]:
     problems += _policy_problems(where, spec.policy)
     if source_cls is not None:
         problems += _splits_problems(where, spec.splits, source_cls.name, tuple(source_cls.splits))
+        problems += _rename_problems(where, spec.rename_splits, tuple(source_cls.splits))
     return problems
+
+
+def _rename_problems(where: str, rename: Any, known: tuple[str, ...]) -> list[str]:
+    parts = ("train", "val", "test")
+    if (not isinstance(rename, dict) or any(k not in (*known, "all") for k in rename)
+            or any(v not in parts for v in rename.values())):
+        return [f"{where}.rename_splits: expected a mapping from the reader's splits {[*known, 'all']} to corpus "
+                f"splits {list(parts)}, got {rename!r}"]
+    return []
 
 
 def _fraction_problems(where: str, spec: CorpusSource) -> list[str]:

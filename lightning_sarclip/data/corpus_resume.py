@@ -87,6 +87,8 @@ def _source_records(spec: CorpusSource) -> Iterator[tuple[SARRecord, SourceListi
         for count, record in enumerate(listing.records()):
             if spec.max_images is not None and count >= spec.max_images:
                 break
+            if record.split in spec.rename_splits:  # before 'all' is split: {all: train} puts everything in train
+                record.split = spec.rename_splits[record.split]
             if record.split == "all":
                 group = record.metadata.get(spec.group_by, record.source_id) if spec.group_by else record.source_id
                 record.split = split_of(f"{spec.name}:{group}", spec.val_fraction, spec.test_fraction)
