@@ -111,3 +111,14 @@ def test_bare_loop_benchmark_runs_on_another_source_with_a_step_budget(tmp_path)
     assert result["ours_steps_done"] == 3 and result["bare_steps_done"] == 3
     assert [point[0] for point in result["curves"]["bare open_clip loop"]] == [1, 2, 3]
     assert 0 <= result["bare_top1"] <= 1 and "ratio" in result
+
+
+def test_csv_listing_benchmark_lists_a_released_style_table():
+    """A small SARVLM-style table: every row listed, rows of an image grouped, one pair per row in the epoch."""
+    import json
+
+    out = _run("benchmarks/csv_listing.py", "--images", "40", "--max-captions", "5")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["records"] == 40 and result["captions"] == result["rows"] >= 40
+    assert result["pairs_per_epoch"] == result["rows"]  # epoch_unit pairs: one sample a row
+    assert "ratio" in out

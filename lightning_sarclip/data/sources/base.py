@@ -108,6 +108,7 @@ class SARSource:
         base = self.root if self.root.is_dir() else self.root.parent
         self._trusted = (base.resolve(), *(p.resolve() for p in self.allowed_roots))
         self._real_dirs: dict[Path, Path] = {}  # folder -> its real path, so a file costs one lstat, not one per part
+        self._inside_dirs: set[str] = set()  # folders (as given) whose real path lies inside root or an allowed root
 
     @classmethod
     def expected_layout(cls) -> str:
@@ -126,6 +127,10 @@ class SARSource:
         ``referenced_by`` name where the path came from when an annotation file named it (a COCO ``file_name``, a
         table cell); the error then names that file, the path as written and where it really points.
         """
+        text = os.fspath(path)
+        name = os.path.basename(text)
+        if name not in ("", "..") and os.path.dirname(text) in self._inside_dirs and not os.path.islink(text):
+            return Path(path)  # a plain file of a folder already known to lie inside: only its own lstat
         path = Path(path)
         try:
             real = self._real_path(path)
@@ -134,6 +139,11 @@ class SARSource:
                                     "a path that resolves (no NUL byte, no symlink loop)",
                                     f"{path} ({type(err).__name__}: {err})") from err
         self._refuse_outside(path, real, field, referenced_by)
+        if name not in ("", "..") and not os.path.islink(text):
+            folder = os.path.dirname(text)
+            real_folder = self._real_dirs.get(Path(folder))
+            if real_folder is not None and any(real_folder.is_relative_to(t) for t in self._trusted):
+                self._inside_dirs.add(folder)
         return path
 
     def _real_path(self, path: Path) -> Path:

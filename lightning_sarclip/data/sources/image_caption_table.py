@@ -237,6 +237,9 @@ class ImageCaptionTable(SARSource):
                                         "split_column": self.split_column, "label_column": self.label_column})
         base = path.parent
         grouped: dict[tuple[str, str], SARRecord] = {}
+        # a table repeats each image once per caption (SARVLM-1M: about 5 rows an image): its path is resolved,
+        # contained and named once per distinct cell, not once per row (that is most of a 1.39M-row listing)
+        located: dict[str, tuple[Path, str]] = {}
         for row_number, row in rows:
             split = file_split
             if self.split_column is not None:
@@ -247,14 +250,20 @@ class ImageCaptionTable(SARSource):
                 split = SPLIT_ALIASES[raw]
             if not self.wants(split):
                 continue
-            image = image_path(base, row.get(self.image_column) or "", path, row_number, self.image_column)
-            self.contained(image, f"{self.image_column} (row {row_number})", path)
+            cell = row.get(self.image_column) or ""
+            where = located.get(cell) if isinstance(cell, str) else None
+            if where is None:
+                image = image_path(base, cell, path, row_number, self.image_column)
+                self.contained(image, f"{self.image_column} (row {row_number})", path)
+                where = (image, self._source_id(image, base))
+                if isinstance(cell, str):
+                    located[cell] = where
+            image, source_id = where
             captions = split_cell(row.get(self.caption_column), self.caption_separator)
             if not captions:
                 self.skip("empty caption", f"{path}:{row_number}")
                 continue
             labels = split_cell(row.get(self.label_column), "|") if self.label_column else []
-            source_id = self._source_id(image, base)
             key = (split, source_id)
             record = grouped.get(key)
             if record is None:
