@@ -2,7 +2,7 @@
 
 SARVLM-1M's released training table has about 1.39M (``imgpath``, ``caption``) rows over about 280k images. This
 writes a table of that shape (``--images`` images, 1 to ``--max-captions`` captions each, mean about 5: the
-authors' five caption styles, sometimes fewer), with every image a hard link to one small PNG (the listing checks
+authors' five caption styles, sometimes fewer), with every image a hard link to a small PNG (the listing checks
 that each image exists, so the files must be there; their pixels are never read here), then times, in this one
 process:
 
@@ -55,7 +55,6 @@ def write_table(folder: Path, images: int, max_captions: int, seed: int = 0) -> 
 
     rng = random.Random(seed)
     template = folder / "template.png"
-    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(template)
     rows = 0
     with (folder / "train.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -65,6 +64,9 @@ def write_table(folder: Path, images: int, max_captions: int, seed: int = 0) -> 
             target = folder / relative
             if i % 10_000 == 0:
                 target.parent.mkdir(parents=True, exist_ok=True)
+                # a fresh file to link to every 10,000 images: file systems cap the links of one file (ext4: 65,000)
+                template = target.parent / "template.png"
+                Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(template)
             os.link(template, target)
             # mostly the five styles, sometimes fewer: about 4.95 captions an image, as SARVLM-1M's 1.39M / 280k
             count = max_captions if rng.random() < 0.97 else rng.randint(1, max_captions - 1)

@@ -45,6 +45,13 @@ NumberedRows = list[tuple[int, dict[str, Any]]]
 
 def read_table(path: Path, separator: str | None = None) -> tuple[list[str], NumberedRows]:
     """Column names and numbered rows (dicts) of a CSV/TSV/parquet file; the separator defaults from the suffix."""
+    columns, rows = stream_table(path, separator)
+    return columns, list(rows)
+
+
+def stream_table(path: Path, separator: str | None = None) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
+    """Like :func:`read_table`, the rows as an iterator: a CSV/TSV is read one row at a time (SARVLM-1M's 1.39M
+    rows would otherwise be held as 1.39M dicts at once); errors name the file and the row when they are met."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -53,32 +60,34 @@ def read_table(path: Path, separator: str | None = None) -> tuple[list[str], Num
             table = pq.read_table(path)
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types for broken files
             raise SourceFormatError(path, "<file>", "a readable parquet file", f"{type(err).__name__}: {err}") from err
-        return list(table.column_names), list(enumerate(table.to_pylist()))
+        return list(table.column_names), enumerate(table.to_pylist())
     delimiter = separator or ("\t" if suffix == ".tsv" else ",")
+    rows = _text_rows(path, delimiter)
+    header = next(rows, None)
+    return (header[1] if header is not None else []), rows
+
+
+def _text_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str] | dict[str, Any]]]:
+    """The header's cells first, then ``csv.DictReader``-like rows (blank lines skipped, missing cells ``None``),
+    each with its first line, checked that no cell spans lines."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            return _read_text_table(path, csv.reader(handle, delimiter=delimiter))
+            reader = csv.reader(handle, delimiter=delimiter)
+            columns: list[str] | None = None
+            start = 1
+            for cells in reader:
+                if cells:
+                    _single_line_cells(path, cells, columns, start)
+                    if columns is None:
+                        columns = cells
+                        yield start, cells
+                    else:
+                        yield start, dict(zip(columns, cells + [None] * (len(columns) - len(cells)), strict=False))
+                start = reader.line_num + 1
     except UnicodeDecodeError as err:
         raise SourceFormatError(path, "<file>", "UTF-8 text", str(err)) from err
     except csv.Error as err:
         raise SourceFormatError(path, "<file>", f"a {delimiter!r}-separated table", str(err)) from err
-
-
-def _read_text_table(path: Path, reader: Any) -> tuple[list[str], NumberedRows]:
-    """``csv.DictReader`` semantics (blank lines skipped, missing cells ``None``), plus each row's first line and
-    the check that no cell spans lines."""
-    columns: list[str] | None = None
-    rows: NumberedRows = []
-    start = 1
-    for cells in reader:
-        if cells:
-            _single_line_cells(path, cells, columns, start)
-            if columns is None:
-                columns = cells
-            else:
-                rows.append((start, dict(zip(columns, cells + [None] * (len(columns) - len(cells)), strict=False))))
-        start = reader.line_num + 1
-    return columns or [], rows
 
 
 def _single_line_cells(path: Path, cells: list[str], columns: list[str] | None, line: int) -> None:
@@ -232,7 +241,7 @@ class ImageCaptionTable(SARSource):
             yield from self._table_records(path, file_split)
 
     def _table_records(self, path: Path, file_split: str) -> Iterator[SARRecord]:
-        columns, rows = read_table(path, self.separator)
+        columns, rows = stream_table(path, self.separator)
         require_columns(path, columns, {"image_column": self.image_column, "caption_column": self.caption_column,
                                         "split_column": self.split_column, "label_column": self.label_column})
         base = path.parent
